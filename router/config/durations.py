@@ -1,0 +1,27 @@
+"""Durations in configuration: a number of seconds or a string like 250ms, 5s, 2m, 1h."""
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 500ms, 5s, 2m, 1h")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError(f"{value!r} is not a duration (use seconds or a string like 500ms, 5s, 2m, 1h)")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]

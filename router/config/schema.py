@@ -1,0 +1,105 @@
+"""The schema of routes.yaml: the one place in code that says what a route is.
+
+Component options (a source's port, a destination's URL, ...) are not here: each
+component declares its own options model in its module, and the loader validates
+them through the registry (see router.registry).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .durations import Duration
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(Strict):
+    """How transient failures are retried before the message is dead-lettered."""
+
+    attempts: int = Field(5, ge=1, le=100, description="total attempts, the first one included")
+    initial_delay: Duration = Field(1.0, description="delay before the second attempt")
+    max_delay: Duration = Field(300.0, description="no delay is longer than this")
+    multiplier: float = Field(2.0, ge=1.0, le=10.0, description="each delay is the previous one times this")
+    jitter: float = Field(0.1, ge=0.0, le=0.5, description="random +/- fraction applied to each delay")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RetryPolicy:
+        if self.max_delay < self.initial_delay:
+            raise ValueError("max_delay must not be shorter than initial_delay")
+        return self
+
+
+class ComponentRef(BaseModel):
+    """`type` plus that component's own options (validated through the registry)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _as_component(value: Any) -> Any:
+    # `source: mllp` is short for `source: {type: mllp}`
+    return {"type": value} if isinstance(value, str) else value
+
+
+class Route(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="unique; used in queue names")
+    description: str = ""
+    source: ComponentRef
+    accept: list[str] = Field(default_factory=list, description="HL7 message types (e.g. ORU^R01, ADT^*); empty accepts all")
+    filter: ComponentRef | None = None
+    mapping: str | None = Field(None, description="a mapping name (mappings/ or a registered one) or package.module:function")
+    destinations: list[ComponentRef] = Field(min_length=1)
+    retry: RetryPolicy = RetryPolicy()
+    dead_letter_queue: str | None = Field(None, description="name of the dead-letter queue; default <name>.dlq")
+    prefetch: int = Field(200, ge=1, le=10000)
+    concurrency: int = Field(1, ge=1, le=64, description="consumer threads per worker process")
+    batch_size: int = Field(50, ge=1, le=5000, description="messages per database commit")
+    batch_wait: Duration = Field(0.05, description="longest wait to fill a batch")
+    queue_type: Literal["classic", "quorum"] = "classic"
+    unmapped_codes: Literal["error", "pass", "warn"] = "error"
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        return _as_component(v)
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter(cls, v: Any) -> Any:
+        if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "type" in v):
+            # a bare condition list/dict is the built-in declarative field filter
+            return {"type": "fields", "where": v}
+        return _as_component(v)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _destinations(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [_as_component(d) for d in v] if isinstance(v, list) else v
+
+
+class ListenerSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class Settings(Strict):
+    plugins: list[str] = Field(default_factory=list, description="modules that register extra components, e.g. adapters.lis")
+    mappings_dir: str = "mappings"
+    mllp: ListenerSettings = ListenerSettings(port=2575)
+    http: ListenerSettings = ListenerSettings(port=8080)
+    timezone: str = "Europe/Moscow"
+
+
+class RoutesFile(Strict):
+    settings: Settings = Settings()
+    routes: list[Route] = Field(default_factory=list)
