@@ -56,7 +56,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "file": "router.destinations.file:SPEC",
         "amqp": "router.destinations.amqp:SPEC",
         "http": "router.destinations.http:SPEC",
-        "null": "router.destinations.null:SPEC",
+        "discard": "router.destinations.discard:SPEC",
     },
 }
 

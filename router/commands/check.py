@@ -1,0 +1,22 @@
+"""`router check [FILE]`: validate a routes file, report every problem, exit 1 if any."""
+from __future__ import annotations
+
+import click
+
+from ..config.loader import load_config
+from ..errors import ConfigError
+
+
+@click.command("check")
+@click.argument("file", default="routes.yaml", type=click.Path(dir_okay=False))
+def command(file: str) -> None:
+    """Check FILE (default routes.yaml): schema, components, mappings, listener conflicts."""
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            click.echo(str(p), err=True)
+        n = len(exc.problems)
+        click.echo(f"{file}: {n} problem{'s' if n != 1 else ''}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"{file}: OK, {len(config.routes)} route{'s' if len(config.routes) != 1 else ''}")

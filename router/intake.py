@@ -1,0 +1,134 @@
+"""Intake: the one path from a source into the engine.
+
+A source hands over raw bytes; intake picks the route (by HL7 message type against
+each route's ``accept``), wraps them in an Envelope and publishes to the route's work
+queue, returning only once the transport says the message is durable. Sources answer
+their sender (ACK, HTTP status) from what this returns or raises. The journal's
+"queued" row is written in the background, off the acknowledgement path.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from . import journal
+from .envelope import Envelope
+from .errors import InputError, RejectedError, TransportError
+from .formats import hl7v2
+from .logging import get
+from .runtime import RouteRuntime
+from .transport.base import Transport
+
+log = get("router.intake")
+
+HL7_CONTENT_TYPE = "x-application/hl7-v2+er7"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    envelope: Envelope
+    route: RouteRuntime
+    header: hl7v2.Header | None
+
+
+class JournalWriter:
+    """Writes intake's journal entries in batches on a background thread. Best effort: the
+    transport already holds the message; the worker upserts the row again when it processes it."""
+
+    def __init__(self, engine: sa.Engine | None) -> None:
+        self.engine = engine
+        self.q: queue.Queue[journal.Entry | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        if engine is not None:
+            self.thread.start()
+
+    def put(self, e: journal.Entry) -> None:
+        if self.engine is not None:
+            self.q.put(e)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self.q.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            entries = [e for e in batch if e is not None]
+            if entries and self.engine is not None:
+                try:
+                    with self.engine.begin() as conn:
+                        journal.record(conn, entries)
+                except Exception as exc:  # noqa: BLE001 - the journal must not break intake
+                    log.warning("journal write failed", error=type(exc).__name__, count=len(entries))
+
+    def close(self) -> None:
+        if self.engine is not None and self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join(timeout=10)
+
+
+class Intake:
+    def __init__(self, routes: Sequence[RouteRuntime], transport: Transport, journal_writer: JournalWriter,
+                 *, publish_timeout: float = 30.0) -> None:
+        self.routes = list(routes)
+        self.transport = transport
+        self.journal = journal_writer
+        self.publish_timeout = publish_timeout
+
+    def select(self, message_type: str | None) -> RouteRuntime:
+        for r in self.routes:
+            if message_type is None:
+                if r.accept is None:
+                    return r
+            elif r.accepts(message_type):
+                return r
+        what = f"message type {message_type}" if message_type else "a message that is not HL7 v2"
+        raise RejectedError(f"no route accepts {what} here")
+
+    def prepare(self, raw: bytes, *, source: str, content_type: str | None = None,
+                headers: dict[str, str] | None = None) -> Accepted:
+        """Parse just enough to route; raises InputError / RejectedError."""
+        header: hl7v2.Header | None = None
+        if hl7v2.is_hl7(raw):
+            header = hl7v2.parse_header(hl7v2.decode(raw))
+            content_type = content_type or HL7_CONTENT_TYPE
+        elif content_type is None:
+            raise InputError("message is not HL7 v2 (it must start with MSH)")
+        route = self.select(header.message_type if header else None)
+        env = Envelope(route=route.name, raw=raw, source=source, content_type=content_type or HL7_CONTENT_TYPE,
+                       headers=dict(headers or {}), sender=header.sender if header else "",
+                       control_id=header.control_id if header else "")
+        if header is not None:
+            env.headers.setdefault("message_type", header.message_type)
+        return Accepted(env, route, header)
+
+    async def enqueue(self, accepted: Accepted) -> None:
+        """Publish and wait for durability; raises TransportError when it cannot be promised."""
+        env = accepted.envelope
+        try:
+            fut = self.transport.publish(accepted.route.queues.work, env)
+            await asyncio.wait_for(asyncio.wrap_future(fut), timeout=self.publish_timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise TransportError(f"message not confirmed durable within {self.publish_timeout:.0f}s") from None
+        except TransportError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"enqueue failed: {type(exc).__name__}: {exc}") from None
+        self.journal.put(journal.entry(env, "queued", message_type=env.headers.get("message_type", "")))
+        log.debug("queued", message_id=env.id, route=env.route, control_id=env.control_id)
+
+    def enqueue_sync(self, accepted: Accepted) -> None:
+        env = accepted.envelope
+        try:
+            self.transport.publish(accepted.route.queues.work, env).result(timeout=self.publish_timeout)
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"enqueue failed: {type(exc).__name__}: {exc}") from None
+        self.journal.put(journal.entry(env, "queued", message_type=env.headers.get("message_type", "")))

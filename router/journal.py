@@ -1,0 +1,191 @@
+"""The message journal: one row per accepted message, its status transitions, and resend detection.
+
+Statuses: received -> queued -> processed | filtered | duplicate | retrying -> ... | dead-lettered.
+Writes are upserts keyed by message id that never move a message back to an earlier
+status (intake's "queued" may arrive after a worker's "processed"), except an explicit
+replay. Resends: a message whose (route, sender, control id) was already processed is
+recorded as `duplicate` and not processed again; the `processed_keys` row is written in
+the same transaction as the message's effects, so a crash can never record one without
+the other.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .db import metadata
+from .envelope import Envelope
+
+RANK = {"received": 0, "queued": 1, "retrying": 2, "processed": 3, "filtered": 3, "duplicate": 3, "dead-lettered": 3}
+STATUSES = tuple(RANK)
+
+messages = sa.Table(
+    "journal_messages", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("route", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(128), nullable=False, default=""),
+    sa.Column("sender", sa.String(256), nullable=False, default=""),
+    sa.Column("control_id", sa.String(128), nullable=False, default=""),
+    sa.Column("message_type", sa.String(64), nullable=False, default=""),
+    sa.Column("content_type", sa.String(128), nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status_rank", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("duplicate_of", sa.String(36), nullable=True),
+    sa.Index("ix_journal_control", "sender", "control_id"),
+    sa.Index("ix_journal_route_status", "route", "status"),
+    sa.Index("ix_journal_received", "received_at"),
+)
+
+events = sa.Table(
+    "journal_events", metadata,
+    sa.Column("seq", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("message_id", sa.String(36), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+processed_keys = sa.Table(
+    "journal_processed_keys", metadata,
+    sa.Column("route", sa.String(64), primary_key=True),
+    sa.Column("sender", sa.String(256), primary_key=True),
+    sa.Column("control_id", sa.String(128), primary_key=True),
+    sa.Column("message_id", sa.String(36), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A status change of one message."""
+
+    envelope: Envelope
+    status: str
+    at: float
+    error: str | None = None
+    message_type: str = ""
+    duplicate_of: str | None = None
+
+
+def entry(envelope: Envelope, status: str, error: str | None = None, message_type: str = "",
+          duplicate_of: str | None = None) -> Entry:
+    return Entry(envelope, status, time.time(), error, message_type, duplicate_of)
+
+
+def _insert(conn: sa.Connection) -> Any:
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"journal upserts need PostgreSQL or SQLite, not {name}")
+
+
+def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
+    """Upsert message rows and append events, inside the caller's transaction."""
+    if not entries:
+        return
+    # one row per message id per statement (the last status wins within a batch)
+    latest: dict[str, Entry] = {}
+    for e in entries:
+        prev = latest.get(e.envelope.id)
+        if prev is None or RANK[e.status] >= RANK[prev.status]:
+            latest[e.envelope.id] = e
+    rows = [{
+        "id": e.envelope.id, "route": e.envelope.route, "source": e.envelope.source[:128],
+        "sender": e.envelope.sender[:256], "control_id": e.envelope.control_id[:128],
+        "message_type": e.message_type[:64], "content_type": e.envelope.content_type[:128],
+        "status": e.status, "status_rank": RANK[e.status], "attempts": e.envelope.attempts,
+        "received_at": e.envelope.received_at, "updated_at": e.at, "error": e.error, "duplicate_of": e.duplicate_of,
+    } for e in latest.values()]
+    ins = _insert(conn)(messages)
+    ex = ins.excluded
+    keep_type = sa.case((ex.message_type == "", messages.c.message_type), else_=ex.message_type)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[messages.c.id],
+        set_={"status": ex.status, "status_rank": ex.status_rank, "attempts": ex.attempts,
+              "updated_at": ex.updated_at, "error": ex.error, "duplicate_of": ex.duplicate_of,
+              "message_type": keep_type},
+        where=ex.status_rank >= messages.c.status_rank,
+    )
+    conn.execute(stmt, rows)
+    conn.execute(events.insert(), [{"message_id": e.envelope.id, "at": e.at, "status": e.status, "detail": e.error}
+                                   for e in entries])
+
+
+def reset_for_replay(conn: sa.Connection, ids: Iterable[str]) -> None:
+    now = time.time()
+    ids = list(ids)
+    if not ids:
+        return
+    conn.execute(messages.update().where(messages.c.id.in_(ids)).values(
+        status="queued", status_rank=RANK["queued"], updated_at=now, attempts=0))
+    conn.execute(events.insert(), [{"message_id": i, "at": now, "status": "queued", "detail": "replayed"} for i in ids])
+
+
+def already_processed(conn: sa.Connection, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+    """Of these (route, sender, control_id) keys, those already processed -> the message id that did it."""
+    keys = [k for k in set(keys) if k[2]]
+    if not keys:
+        return {}
+    pk = processed_keys.c
+    found: dict[tuple[str, str, str], str] = {}
+    for i in range(0, len(keys), 300):
+        chunk = keys[i:i + 300]
+        cond = sa.tuple_(pk.route, pk.sender, pk.control_id).in_(chunk)
+        for row in conn.execute(sa.select(pk.route, pk.sender, pk.control_id, pk.message_id).where(cond)):
+            found[(row[0], row[1], row[2])] = row[3]
+    return found
+
+
+def mark_processed(conn: sa.Connection, envelopes: Iterable[Envelope]) -> None:
+    """Remember (route, sender, control id) of these processed messages. A concurrent worker that
+    processed the same key first makes this raise IntegrityError, rolling back the batch."""
+    rows = [{"route": e.route, "sender": e.sender[:256], "control_id": e.control_id[:128], "message_id": e.id}
+            for e in envelopes if e.control_id]
+    if rows:
+        conn.execute(processed_keys.insert(), rows)
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str | None = None
+    control_id: str | None = None
+    route: str | None = None
+    status: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+def search(conn: sa.Connection, q: Query) -> list[dict[str, Any]]:
+    m = messages.c
+    stmt = sa.select(messages)
+    if q.id:
+        stmt = stmt.where(m.id.startswith(q.id) if len(q.id) < 36 else m.id == q.id)
+    if q.control_id:
+        stmt = stmt.where(m.control_id == q.control_id)
+    if q.route:
+        stmt = stmt.where(m.route == q.route)
+    if q.status:
+        stmt = stmt.where(m.status == q.status)
+    if q.since is not None:
+        stmt = stmt.where(m.received_at >= q.since)
+    if q.until is not None:
+        stmt = stmt.where(m.received_at < q.until)
+    stmt = stmt.order_by(m.received_at.desc()).limit(q.limit)
+    return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def history(conn: sa.Connection, message_id: str) -> list[dict[str, Any]]:
+    e = events.c
+    stmt = sa.select(e.at, e.status, e.detail).where(e.message_id == message_id).order_by(e.seq)
+    return [dict(r._mapping) for r in conn.execute(stmt)]
