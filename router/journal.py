@@ -131,9 +131,17 @@ def reset_for_replay(conn: sa.Connection, ids: Iterable[str]) -> None:
     conn.execute(events.insert(), [{"message_id": i, "at": now, "status": "queued", "detail": "replayed"} for i in ids])
 
 
+def dedupe_key(env: Envelope) -> tuple[str, str, str]:
+    """(route, sender, control id) for messages that carry one (a resend is recognised by it);
+    else (route, "#id", message id), which still makes a redelivery after a crash a no-op."""
+    if env.control_id:
+        return (env.route, env.sender[:256], env.control_id[:128])
+    return (env.route, "#id", env.id)
+
+
 def already_processed(conn: sa.Connection, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
     """Of these (route, sender, control_id) keys, those already processed -> the message id that did it."""
-    keys = [k for k in set(keys) if k[2]]
+    keys = list(set(keys))
     if not keys:
         return {}
     pk = processed_keys.c
@@ -149,8 +157,7 @@ def already_processed(conn: sa.Connection, keys: Iterable[tuple[str, str, str]])
 def mark_processed(conn: sa.Connection, envelopes: Iterable[Envelope]) -> None:
     """Remember (route, sender, control id) of these processed messages. A concurrent worker that
     processed the same key first makes this raise IntegrityError, rolling back the batch."""
-    rows = [{"route": e.route, "sender": e.sender[:256], "control_id": e.control_id[:128], "message_id": e.id}
-            for e in envelopes if e.control_id]
+    rows = [dict(zip(("route", "sender", "control_id"), dedupe_key(e)), message_id=e.id) for e in envelopes]
     if rows:
         conn.execute(processed_keys.insert(), rows)
 

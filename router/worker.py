@@ -99,22 +99,22 @@ class BatchProcessor:
     def _transaction(self, items: list[tuple[Delivery, Outcome]]) -> None:
         r = self.route
         with self.engine.begin() as conn:
-            keys = {(o.envelope.route, o.envelope.sender, o.envelope.control_id): o.envelope.id
-                    for _, o in items if o.output is not None and o.envelope.control_id}
-            done = journal.already_processed(conn, keys)
+            done = journal.already_processed(conn, [journal.dedupe_key(o.envelope) for _, o in items
+                                                    if o.output is not None])
             entries: list[journal.Entry] = []
             to_write, first_of_key = [], {}
             for _, o in items:
                 env = o.envelope
-                key = (env.route, env.sender, env.control_id)
+                key = journal.dedupe_key(env)
                 if o.output is None:
                     entries.append(journal.entry(env, "filtered", message_type=o.message_type))
-                elif env.control_id and (key in done or key in first_of_key):
+                elif env.id in (done.get(key), first_of_key.get(key)):
+                    continue  # the same message again (redelivered after a crash, or republished): done already
+                elif key in done or key in first_of_key:
                     original = done.get(key) or first_of_key[key]
                     entries.append(journal.entry(env, "duplicate", message_type=o.message_type, duplicate_of=original))
                 else:
-                    if env.control_id:
-                        first_of_key[key] = env.id
+                    first_of_key[key] = env.id
                     to_write.append(o.output)
                     entries.append(journal.entry(env, "processed", message_type=o.message_type))
             if to_write:
@@ -130,7 +130,7 @@ class BatchProcessor:
         env = o.envelope
         try:
             with self.engine.begin() as conn:
-                done = journal.already_processed(conn, [(env.route, env.sender, env.control_id)])
+                done = journal.already_processed(conn, [journal.dedupe_key(env)])
                 if not done:
                     return False
                 journal.record(conn, [journal.entry(env, "duplicate", message_type=o.message_type,

@@ -153,41 +153,54 @@ def load_config(path: str | os.PathLike[str], registry: Registry | None = None) 
     if not isinstance(data, dict):
         raise ConfigError([Problem(filename, 1, 1, "the file must be a mapping with a 'routes' list")])
     col.data = data
-    try:
-        parsed = RoutesFile.model_validate(data)
-    except pydantic.ValidationError as exc:
-        col.pydantic_errors(exc, ())
-        # keep checking what can be checked: validate each route on its own
-        parsed = None
-    if parsed is None:
-        _check_routes_individually(col, data)
-        raise ConfigError(col.problems)
+    parsed = _validate_parts(col, data)
     if registry is None:
         try:
             registry = Registry(plugins=parsed.settings.plugins)
         except ConfigError as exc:
-            col.add(("settings", "plugins"), str(exc.problems[0].message))
+            col.add(("settings", "plugins"), str(exc.problems[0].message), value=True)
             raise ConfigError(col.problems) from None
     base_dir = Path(filename).resolve().parent
     routes = _check_components(col, parsed, registry, base_dir)
     _check_cross(col, parsed, routes)
+    col.problems.sort(key=lambda p: (p.line, p.column))
     if col.problems:
         raise ConfigError(col.problems)
     return Config(path=filename, settings=parsed.settings, routes=tuple(routes), registry=registry)
 
 
-def _check_routes_individually(col: _Collector, data: dict[str, Any]) -> None:
-    """After a whole-file failure, still report duplicate names (pydantic stops at types)."""
-    routes = data.get("routes")
-    if isinstance(routes, list):
-        seen: dict[str, int] = {}
-        for i, r in enumerate(routes):
-            name = r.get("name") if isinstance(r, dict) else None
-            if isinstance(name, str):
-                if name in seen:
-                    col.add(("routes", i, "name"), f"duplicate route name {name!r}", f"first defined at routes[{seen[name]}]", value=True)
-                else:
-                    seen[name] = i
+def _raw_name(data: Any, i: int) -> str | None:
+    try:
+        name = data["routes"][i]["name"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _validate_parts(col: _Collector, data: dict[str, Any]) -> RoutesFile:
+    """Validate top level, settings and each route on its own, so one bad route does not hide
+    the problems of the others. Returns what is valid (bad routes left out)."""
+    for key in data:
+        if key not in RoutesFile.model_fields:
+            col.add((key,), f"unknown key {key!r}", did_you_mean(str(key), RoutesFile.model_fields)
+                    or "allowed: routes, settings")
+    settings = Settings()
+    try:
+        settings = Settings.model_validate(data.get("settings") or {})
+    except pydantic.ValidationError as exc:
+        col.pydantic_errors(exc, ("settings",))
+    raw_routes = data.get("routes", [])
+    routes: list[Route] = []
+    if not isinstance(raw_routes, list):
+        col.add(("routes",), "must be a list of routes", value=True)
+        raw_routes = []
+    for i, raw in enumerate(raw_routes):
+        try:
+            routes.append(Route.model_validate(raw))
+        except pydantic.ValidationError as exc:
+            col.pydantic_errors(exc, ("routes", i))
+            routes.append(None)  # type: ignore[arg-type]  # keeps indexes aligned; dropped below
+    return RoutesFile.model_construct(settings=settings, routes=routes)
 
 
 def _component(col: _Collector, registry: Registry, kind: Kind, ref: ComponentRef,
@@ -221,6 +234,8 @@ def _check_components(col: _Collector, parsed: RoutesFile, registry: Registry, b
 
     out: list[RouteConfig] = []
     for i, route in enumerate(parsed.routes):
+        if route is None:
+            continue
         p = ("routes", i)
         source = _component(col, registry, "source", route.source, (*p, "source"))
         flt = _component(col, registry, "filter", route.filter, (*p, "filter")) if route.filter else None
@@ -247,12 +262,15 @@ def _overlap(a: list[str], b: list[str]) -> str | None:
 
 def _check_cross(col: _Collector, parsed: RoutesFile, routes: list[RouteConfig]) -> None:
     seen: dict[str, int] = {}
-    for i, r in enumerate(parsed.routes):
-        if r.name in seen:
-            col.add(("routes", i, "name"), f"duplicate route name {r.name!r}", f"first defined at routes[{seen[r.name]}]", value=True)
+    for i in range(len(parsed.routes)):
+        name = _raw_name(col.data, i)
+        if name is None:
+            continue
+        if name in seen:
+            col.add(("routes", i, "name"), f"duplicate route name {name!r}", f"first defined at routes[{seen[name]}]", value=True)
         else:
-            seen[r.name] = i
-    index = {r.name: i for i, r in enumerate(parsed.routes)}
+            seen[name] = i
+    index = {r.name: i for i, r in enumerate(parsed.routes) if r is not None}
     # resources claimed by sources: same resource + same share key -> one shared listener; else conflict
     claims: dict[str, list[tuple[str | None, RouteConfig]]] = {}
     for rc in routes:

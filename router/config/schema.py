@@ -49,6 +49,26 @@ def _as_component(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
+# The shorthands of routes.yaml, in one place: the Route validators use them, and so does the
+# loader when it checks the components of a route that failed the schema (from its raw dict).
+
+def as_source(value: Any) -> Any:
+    return _as_component(value)
+
+
+def as_filter(value: Any) -> Any:
+    if isinstance(value, (list, dict)) and not (isinstance(value, dict) and "type" in value):
+        # a bare condition list/dict is the built-in declarative field filter
+        return {"type": "fields", "where": value}
+    return _as_component(value)
+
+
+def as_destinations(value: Any) -> Any:
+    if isinstance(value, (str, dict)):
+        value = [value]
+    return [_as_component(d) for d in value] if isinstance(value, list) else value
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="unique; used in queue names")
     description: str = ""
@@ -69,22 +89,17 @@ class Route(Strict):
     @field_validator("source", mode="before")
     @classmethod
     def _source(cls, v: Any) -> Any:
-        return _as_component(v)
+        return as_source(v)
 
     @field_validator("filter", mode="before")
     @classmethod
     def _filter(cls, v: Any) -> Any:
-        if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "type" in v):
-            # a bare condition list/dict is the built-in declarative field filter
-            return {"type": "fields", "where": v}
-        return _as_component(v)
+        return as_filter(v)
 
     @field_validator("destinations", mode="before")
     @classmethod
     def _destinations(cls, v: Any) -> Any:
-        if isinstance(v, (str, dict)):
-            v = [v]
-        return [_as_component(d) for d in v] if isinstance(v, list) else v
+        return as_destinations(v)
 
 
 class ListenerSettings(Strict):
@@ -102,4 +117,4 @@ class Settings(Strict):
 
 class RoutesFile(Strict):
     settings: Settings = Settings()
-    routes: list[Route] = Field(default_factory=list)
+    routes: list[Route] = Field(description="required; an empty list is allowed")
