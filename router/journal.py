@@ -189,10 +189,10 @@ def search(conn: sa.Connection, q: Query) -> list[dict[str, Any]]:
     if q.until is not None:
         stmt = stmt.where(m.received_at < q.until)
     stmt = stmt.order_by(m.received_at.desc()).limit(q.limit)
-    return [dict(r._mapping) for r in conn.execute(stmt)]
+    return [{str(k): v for k, v in r._mapping.items()} for r in conn.execute(stmt)]
 
 
 def history(conn: sa.Connection, message_id: str) -> list[dict[str, Any]]:
     e = events.c
     stmt = sa.select(e.at, e.status, e.detail).where(e.message_id == message_id).order_by(e.seq)
-    return [dict(r._mapping) for r in conn.execute(stmt)]
+    return [{str(k): v for k, v in r._mapping.items()} for r in conn.execute(stmt)]

@@ -12,6 +12,8 @@ class HttpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str = Field(pattern=r"^/[A-Za-z0-9._~/-]*$", description="URL path, e.g. /hl7/lab")
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    content_types: list[str] = Field(default_factory=list,
+                                     description="accepted Content-Type values (empty: any); others get 415")
 
     def claims(self, settings: Any) -> list[tuple[str, str | None]]:
         # the HTTP server's port is shared by every http source; each path belongs to one listener

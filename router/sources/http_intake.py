@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -17,7 +18,7 @@ from ..formats.ack import build_ack
 from .base import SourceContext
 from .http import HttpOptions
 
-HL7_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2", "text/plain")
+HL7_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7v2")
 
 
 def outcome(status: int, code: str, text: str) -> JSONResponse:
@@ -44,6 +45,14 @@ class HttpIntake:
         body = await request.body()
         if len(body) > self.options.max_message_bytes:
             return outcome(413, "too-long", f"message larger than {self.options.max_message_bytes} bytes")
+        allowed = self.options.content_types
+        if allowed and ctype not in allowed:
+            return outcome(415, "not-supported", f"Content-Type {ctype or '(none)'} not accepted here; use one of {', '.join(allowed)}")
+        if ctype.endswith("json"):
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                return outcome(400, "invalid", f"body is not valid JSON: {exc}")
         intake = self.context.intake
         source = f"http:{request.client.host if request.client else ''}{self.options.path}"
         is_hl7 = ctype in HL7_TYPES or hl7v2.is_hl7(body)
