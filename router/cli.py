@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from .errors import ConfigError, RouterError
+
 # subcommand -> module in router.commands exposing `command`
 COMMANDS = {
     "run": "run",
@@ -25,6 +27,26 @@ class LazyGroup(click.Group):
         if module is None:
             return None
         return importlib.import_module(f"router.commands.{module}").command  # type: ignore[no-any-return]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Engine errors end a command with their message and exit status 1, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            for p in exc.problems:
+                click.echo(str(p), err=True)
+            raise SystemExit(2) from None
+        except RouterError as exc:
+            click.echo(f"router: {exc}", err=True)
+            raise SystemExit(1) from None
+        except Exception as exc:
+            import sqlalchemy.exc
+
+            if isinstance(exc, sqlalchemy.exc.OperationalError):
+                reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                click.echo(f"router: database unavailable: {reason}", err=True)
+                raise SystemExit(1) from None
+            raise
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

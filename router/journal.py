@@ -122,11 +122,13 @@ def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
 
 
 def reset_for_replay(conn: sa.Connection, ids: Iterable[str]) -> None:
+    """Mark dead-lettered messages queued again. Call it before moving them back to their
+    queue: a worker may process them at once, and its status must win."""
     now = time.time()
     ids = list(ids)
     if not ids:
         return
-    conn.execute(messages.update().where(messages.c.id.in_(ids)).values(
+    conn.execute(messages.update().where(messages.c.id.in_(ids), messages.c.status == "dead-lettered").values(
         status="queued", status_rank=RANK["queued"], updated_at=now, attempts=0))
     conn.execute(events.insert(), [{"message_id": i, "at": now, "status": "queued", "detail": "replayed"} for i in ids])
 

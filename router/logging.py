@@ -11,7 +11,7 @@ import structlog
 def configure(fmt: str = "console", level: str = "info") -> None:
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log connection trouble ourselves
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

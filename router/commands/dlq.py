@@ -119,23 +119,21 @@ def replay_cmd(message_ids: tuple[str, ...], replay_all: bool, route: str | None
         raise click.UsageError("give message ids, or --all")
     if message_ids and replay_all:
         raise click.UsageError("give message ids or --all, not both")
+    if message_ids and route:
+        raise click.UsageError("--route goes with --all")
     ctx = Ctx(kw)
     try:
         moved: list[str] = []
-        wanted = set(message_ids) if message_ids else None
-        for q in ctx.selected(route):
-            if wanted is not None:
-                full = {e.id for e in ctx.transport.dlq_browse(q, limit=100000)
-                        if any(e.id == w or e.id.startswith(w) for w in wanted)}
-                if not full:
-                    continue
-                moved += ctx.transport.dlq_replay(q, full)
-            else:
-                moved += ctx.transport.dlq_replay(q, None)
         engine = make_engine(database_url(kw["database_url"], kw["data_dir"]))
         create_schema(engine)
-        with engine.begin() as conn:
-            journal.reset_for_replay(conn, moved)
+        for q in ctx.selected(route):
+            ids = {e.id for e in ctx.transport.dlq_browse(q, limit=1_000_000)
+                   if not message_ids or any(e.id == w or e.id.startswith(w) for w in message_ids)}
+            if not ids:
+                continue
+            with engine.begin() as conn:  # before the move: a worker's status must win over "queued"
+                journal.reset_for_replay(conn, ids)
+            moved += ctx.transport.dlq_replay(q, ids)
         engine.dispose()
         missing = [w for w in (message_ids or ()) if not any(m == w or m.startswith(w) for m in moved)]
         click.echo(f"replayed {len(moved)} message(s)")
