@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,20 @@ class FlakyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     switch: str
     log: str
+    delay: float = 0.0  # seconds per write call (to widen the window of a batch in flight)
 
 
 class Flaky:
     transactional = False
 
     def __init__(self, options: FlakyOptions, context: DestinationContext) -> None:
-        self.switch, self.log = Path(options.switch), Path(options.log)
+        self.switch, self.log, self.delay = Path(options.switch), Path(options.log), options.delay
 
     def write(self, outputs: list[Output], tx: Any) -> None:
         if self.switch.exists():
             raise DestinationUnavailable("flaky destination is down (switch file present)")
+        if self.delay:
+            time.sleep(self.delay)
         with open(self.log, "a") as fh:
             for o in outputs:
                 fh.write(o.envelope.id + "\n")
