@@ -15,7 +15,8 @@ def command(file: str) -> None:
         config = load_config(file)
     except ConfigError as exc:
         for p in exc.problems:
-            click.echo(str(p), err=True)
+            # a problem with no position (file not found, unreadable) has line 0: print no 0:0
+            click.echo(str(p) if p.line else f"{p.file}: {p.message}" + (f" ({p.hint})" if p.hint else ""), err=True)
         n = len(exc.problems)
         click.echo(f"{file}: {n} problem{'s' if n != 1 else ''}", err=True)
         raise SystemExit(1) from None

@@ -70,7 +70,8 @@ def as_destinations(value: Any) -> Any:
 
 
 class Route(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="unique; used in queue names")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+                      description="unique, used in queue names: up to 63 lowercase letters, digits, '.', '_' or '-'")
     description: str = ""
     source: ComponentRef
     accept: list[str] = Field(default_factory=list, description="HL7 message types (e.g. ORU^R01, ADT^*); empty accepts all")

@@ -38,10 +38,13 @@ def load_with_marks(text: str, filename: str) -> tuple[Any, Marks, list[Problem]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = _at(mark) if mark else (0, 0)
+        if exc.context == "expected a single document in the stream":
+            raise YamlProblem(Problem(filename, line, col, "the file holds more than one YAML document",
+                                      "remove the '---' separator; routes.yaml is one document")) from None
         hint = ""
         if exc.context and exc.context_mark and exc.problem_mark:
             cl, cc = _at(exc.context_mark)
-            hint = f"{exc.context} that starts at line {cl}, column {cc}"
+            hint = f"{exc.context} at line {cl}, column {cc}"
         raise YamlProblem(Problem(filename, line, col, f"YAML syntax error: {exc.problem or exc}", hint)) from None
     except yaml.YAMLError as exc:  # no position (e.g. a bad character in the stream)
         raise YamlProblem(Problem(filename, 0, 0, f"YAML syntax error: {exc}")) from None
