@@ -41,10 +41,15 @@ Threads and connections
       journal); losses are not. A future not confirmed within ``publish_timeout`` fails with
       TransportError (the message may still arrive: at least once, never "maybe zero").
     * Consumers: one ``BlockingConnection`` + one channel per consumer (consumers are used by a single
-      thread). Heartbeats are only answered while the consumer is inside a method: call ``fetch``
+      thread); ``prefetch`` is per work queue (per-consumer QoS: quorum queues have no channel-wide QoS). Heartbeats are only answered while the consumer is inside a method: call ``fetch``
       more often than the negotiated heartbeat timeout.
     * Operator tools (``setup``, ``depth``, ``dlq_*``) share one lazily opened BlockingConnection,
       serialised by a lock, with a fresh channel per operation.
+    * ``close`` waits up to ``CLOSE_FLUSH_TIMEOUT`` seconds for outstanding confirms, stops the
+      publisher thread, and disconnects consumers still open (closed directly when they belong to
+      the calling thread, else their socket is shut down: pika connections are not thread-safe).
+    * Prefetch is RabbitMQ's push prefetch: a subscribed consumer holds up to ``prefetch`` unacked
+      messages even between ``fetch`` calls, and those do not count in ``depth`` (ready only).
 
 Consumer connection loss (the choice made here)
     The consumer reconnects transparently: ``fetch`` notices the loss, reconnects with backoff and
@@ -58,10 +63,11 @@ Consumer connection loss (the choice made here)
 """
 from __future__ import annotations
 
-import logging
 import math
 import random
+import socket
 import threading
+import weakref
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -78,9 +84,10 @@ from pika.spec import Basic
 
 from ..envelope import Envelope
 from ..errors import ConfigError, InputError, TransportError
+from ..logging import get as get_logger
 from .base import Consumer, Delivery, RouteQueues, Transport
 
-log = logging.getLogger("router.transport.rabbitmq")
+log = get_logger("router.transport.rabbitmq")
 
 ENVELOPE_CONTENT_TYPE = "application/x-router-envelope"
 MAX_IN_FLIGHT = 5000  # unconfirmed messages per publisher connection
@@ -222,7 +229,10 @@ class _Publisher:
             wake = not self._wake_scheduled
             self._wake_scheduled = True
         if wake:
-            self._ioloop.add_callback_threadsafe(self._on_wake)
+            try:
+                self._ioloop.add_callback_threadsafe(self._on_wake)
+            except Exception:  # noqa: BLE001 - the loop closed meanwhile: close() already failed the inbox
+                _fail(item, TransportError("transport is closed"))
         return fut
 
     def close(self, timeout: float) -> None:
@@ -248,6 +258,7 @@ class _Publisher:
                 self._ioloop.start()
             except Exception:  # noqa: BLE001 - a bug in a callback must not kill publishing
                 log.exception("rabbitmq publisher I/O loop error; continuing")
+                time.sleep(0.1)
         for item in list(self._outbox) + list(self._unconfirmed.values()) + self._take_inbox():
             _fail(item, TransportError("transport closed before the broker confirmed the message"))
         self._outbox.clear()
@@ -287,7 +298,7 @@ class _Publisher:
             return
         self._failures += 1
         delay = _backoff(self._failures, self._max_delay)
-        log.warning("rabbitmq publisher disconnected (%s); reconnecting in %.2fs", self._last_error, delay)
+        log.warning("rabbitmq publisher disconnected; reconnecting", error=self._last_error, delay=round(delay, 2))
         self._ioloop.call_later(delay, self._connect)
 
     def _on_conn_open(self, conn: pika.SelectConnection) -> None:
@@ -325,7 +336,7 @@ class _Publisher:
         self._next_tag = 0
         self._ready = True
         if self._failures or self._connected_once:
-            log.warning("rabbitmq publisher connected again; re-publishing %d unconfirmed", len(self._outbox))
+            log.warning("rabbitmq publisher connected again", republishing=len(self._outbox))
         self._failures = 0
         self._connected_once = True
         self._last_error = ""
@@ -343,7 +354,7 @@ class _Publisher:
         self._requeue_unconfirmed(count_failure=by_broker)
         if by_broker and conn is not None:
             self._last_error = _describe(reason)
-            log.warning("rabbitmq publisher channel closed by broker (%s); reopening", self._last_error)
+            log.warning("rabbitmq publisher channel closed by broker; reopening", error=self._last_error)
             self._ioloop.call_later(0.05, lambda: self._reopen_channel(conn))
 
     def _reopen_channel(self, conn: pika.SelectConnection) -> None:
@@ -506,6 +517,7 @@ class _RabbitConsumer(Consumer):
         self._closed = False
         self._failures = 0
         self._next_attempt = 0.0
+        self._owner = threading.get_ident()
         try:
             self._open()
         except (pex.AMQPError, OSError) as exc:
@@ -538,8 +550,8 @@ class _RabbitConsumer(Consumer):
 
     def _lost(self, exc: BaseException) -> None:
         """The connection (or channel) is broken: void every delivery of it and schedule a reconnect."""
-        log.warning("rabbitmq consumer lost its connection (%s); deliveries in hand are void and will be "
-                    "redelivered", _describe(exc))
+        log.warning("rabbitmq consumer lost its connection; deliveries in hand are void and will be redelivered",
+                    error=_describe(exc))
         conn = self._conn
         self._conn, self._ch = None, None
         self._gen += 1
@@ -569,7 +581,7 @@ class _RabbitConsumer(Consumer):
             self._failures += 1
             delay = _backoff(self._failures, self._t.reconnect_max_delay)
             self._next_attempt = time.monotonic() + delay
-            log.warning("rabbitmq consumer reconnect failed (%s); next attempt in %.2fs", _describe(exc), delay)
+            log.warning("rabbitmq consumer reconnect failed", error=_describe(exc), retry_in=round(delay, 2))
             return False
         log.warning("rabbitmq consumer connected again")
         return True
@@ -597,16 +609,26 @@ class _RabbitConsumer(Consumer):
             env = Envelope(route=route.route, raw=body, source="rabbitmq", id=props.message_id or str(uuid.uuid4()),
                            headers={"undecodable": "true"})
             env.record_failure(exc, transient=False)
-            log.error("undecodable message in %s dead-lettered to %s", route.work, route.dlq)
+            log.error("undecodable message dead-lettered", queue=route.work, dlq=route.dlq, message_id=env.id)
             fake = Delivery(envelope=env, queue=route.work, tag=(self._gen, method.delivery_tag))
-            self.dead_letter(fake, env)
+            try:
+                self.dead_letter(fake, env)
+            except TransportError:
+                if self._ch is None:
+                    return  # connection lost: it comes back and is handled then
+                raise
 
     # ---- Consumer API --------------------------------------------------------
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         if self._closed:
             raise TransportError("consumer is closed")
+        if max_messages <= 0:
+            return []
+        self._owner = threading.get_ident()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
+            if self._closed:
+                raise TransportError("consumer is closed (its transport was closed)")
             if not self._ensure_connected():
                 now = time.monotonic()
                 if now >= deadline:
@@ -711,8 +733,23 @@ class _RabbitConsumer(Consumer):
     def dead_letter(self, delivery: Delivery, envelope: Envelope) -> None:
         self._publish_then_ack(delivery, self._routes[delivery.queue].dlq, envelope, None)
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """Close from another thread (the transport is closing): pika connections are not thread-safe, so
+        only mark the consumer closed and shut its socket down; the broker puts unacked deliveries back,
+        and the owner thread's next call raises TransportError."""
         if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        sock = getattr(getattr(getattr(conn, "_impl", None), "_transport", None), "_sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._closed and self._conn is None:
             return
         self._closed = True
         conn, self._conn, self._ch = self._conn, None, None
@@ -744,6 +781,7 @@ class RabbitMQTransport(Transport):
         self._admin_lock = threading.Lock()
         self._admin_conn: pika.BlockingConnection | None = None
         self._closed = False
+        self._consumers: weakref.WeakSet[_RabbitConsumer] = weakref.WeakSet()
         self._publisher = _Publisher(self._params, reconnect_max_delay=self.reconnect_max_delay,
                                      publish_timeout=self.publish_timeout, name=f"rabbitmq-publisher-{namespace}")
 
@@ -760,7 +798,8 @@ class RabbitMQTransport(Transport):
     # ---- operator connection -------------------------------------------------
     def _admin(self, op: Callable[[Any], T], *, retry: bool = True) -> T:
         """Run op(channel) on the shared operator connection with a fresh channel; the channel is closed
-        afterwards (so unacked basic_get messages go back). Connection trouble: reconnect and retry once."""
+        afterwards (so unacked basic_get messages go back). A failure to open the channel is retried once
+        on a new connection; a connection lost during op only when retry (op is idempotent)."""
         if self._closed:
             raise TransportError("transport is closed")
         with self._admin_lock:
@@ -770,8 +809,8 @@ class RabbitMQTransport(Transport):
                         self._admin_conn = pika.BlockingConnection(self._params("admin"))
                     ch = self._admin_conn.channel()
                 except (pex.AMQPError, OSError) as exc:
-                    self._drop_admin()
-                    if attempt == 2 or not retry:
+                    self._drop_admin()  # e.g. an idle connection the broker dropped: nothing done yet, retry
+                    if attempt == 2:
                         raise TransportError(f"cannot reach RabbitMQ at {redact(self.url)}: {_describe(exc)}") from None
                     continue
                 try:
@@ -829,7 +868,9 @@ class RabbitMQTransport(Transport):
     def consumer(self, routes: Iterable[RouteQueues], prefetch: int) -> Consumer:
         if self._closed:
             raise TransportError("transport is closed")
-        return _RabbitConsumer(self, routes, prefetch)
+        c = _RabbitConsumer(self, routes, prefetch)
+        self._consumers.add(c)
+        return c
 
     def dlq_browse(self, route: RouteQueues, limit: int = 1000) -> list[Envelope]:
         def browse(ch: Any) -> list[Envelope]:
@@ -909,5 +950,11 @@ class RabbitMQTransport(Transport):
             return
         self._publisher.close(CLOSE_FLUSH_TIMEOUT)
         self._closed = True
+        me = threading.get_ident()
+        for c in list(self._consumers):  # consumers still open: their unacked deliveries go back
+            if c._owner == me:
+                c.close()
+            else:
+                c.abort()
         with self._admin_lock:
             self._drop_admin()
