@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from .db import metadata
+from .db import insert_rows, metadata
 from .envelope import Envelope
 
 RANK = {"received": 0, "queued": 1, "retrying": 2, "processed": 3, "filtered": 3, "duplicate": 3, "dead-lettered": 3}
@@ -63,6 +62,14 @@ processed_keys = sa.Table(
 )
 
 
+# never move a message back to an earlier status; keep a known message type
+_UPSERT = """ON CONFLICT (id) DO UPDATE SET status = excluded.status, status_rank = excluded.status_rank,
+ attempts = excluded.attempts, updated_at = excluded.updated_at, error = excluded.error,
+ duplicate_of = excluded.duplicate_of,
+ message_type = CASE WHEN excluded.message_type = '' THEN journal_messages.message_type ELSE excluded.message_type END
+ WHERE excluded.status_rank >= journal_messages.status_rank"""
+
+
 @dataclass(frozen=True)
 class Entry:
     """A status change of one message."""
@@ -78,15 +85,6 @@ class Entry:
 def entry(envelope: Envelope, status: str, error: str | None = None, message_type: str = "",
           duplicate_of: str | None = None) -> Entry:
     return Entry(envelope, status, time.time(), error, message_type, duplicate_of)
-
-
-def _insert(conn: sa.Connection) -> Any:
-    name = conn.dialect.name
-    if name == "postgresql":
-        return postgresql.insert
-    if name == "sqlite":
-        return sqlite.insert
-    raise NotImplementedError(f"journal upserts need PostgreSQL or SQLite, not {name}")
 
 
 def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
@@ -106,19 +104,10 @@ def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
         "status": e.status, "status_rank": RANK[e.status], "attempts": e.envelope.attempts,
         "received_at": e.envelope.received_at, "updated_at": e.at, "error": e.error, "duplicate_of": e.duplicate_of,
     } for e in latest.values()]
-    ins = _insert(conn)(messages)
-    ex = ins.excluded
-    keep_type = sa.case((ex.message_type == "", messages.c.message_type), else_=ex.message_type)
-    stmt = ins.on_conflict_do_update(
-        index_elements=[messages.c.id],
-        set_={"status": ex.status, "status_rank": ex.status_rank, "attempts": ex.attempts,
-              "updated_at": ex.updated_at, "error": ex.error, "duplicate_of": ex.duplicate_of,
-              "message_type": keep_type},
-        where=ex.status_rank >= messages.c.status_rank,
-    )
-    conn.execute(stmt, rows)
-    conn.execute(events.insert(), [{"message_id": e.envelope.id, "at": e.at, "status": e.status, "detail": e.error}
-                                   for e in entries])
+
+    insert_rows(conn, messages, rows, conflict=_UPSERT)
+    insert_rows(conn, events, [{"message_id": e.envelope.id, "at": e.at, "status": e.status, "detail": e.error}
+                               for e in entries])
 
 
 def reset_for_replay(conn: sa.Connection, ids: Iterable[str]) -> None:
@@ -130,7 +119,7 @@ def reset_for_replay(conn: sa.Connection, ids: Iterable[str]) -> None:
         return
     conn.execute(messages.update().where(messages.c.id.in_(ids), messages.c.status == "dead-lettered").values(
         status="queued", status_rank=RANK["queued"], updated_at=now, attempts=0))
-    conn.execute(events.insert(), [{"message_id": i, "at": now, "status": "queued", "detail": "replayed"} for i in ids])
+    insert_rows(conn, events, [{"message_id": i, "at": now, "status": "queued", "detail": "replayed"} for i in ids])
 
 
 def dedupe_key(env: Envelope) -> tuple[str, str, str]:
@@ -146,8 +135,15 @@ def already_processed(conn: sa.Connection, keys: Iterable[tuple[str, str, str]])
     keys = list(set(keys))
     if not keys:
         return {}
-    pk = processed_keys.c
     found: dict[tuple[str, str, str], str] = {}
+    if conn.dialect.name == "postgresql":  # one short statement, whatever the batch size
+        sql = ('SELECT k.route, k.sender, k.control_id, k.message_id FROM journal_processed_keys k '
+               'JOIN unnest(%(r)s::text[], %(s)s::text[], %(c)s::text[]) AS w(route, sender, control_id) '
+               'USING (route, sender, control_id)')
+        rows = conn.exec_driver_sql(sql, {"r": [k[0] for k in keys], "s": [k[1] for k in keys],
+                                          "c": [k[2] for k in keys]})
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+    pk = processed_keys.c
     for i in range(0, len(keys), 300):
         chunk = keys[i:i + 300]
         cond = sa.tuple_(pk.route, pk.sender, pk.control_id).in_(chunk)
@@ -160,8 +156,7 @@ def mark_processed(conn: sa.Connection, envelopes: Iterable[Envelope]) -> None:
     """Remember (route, sender, control id) of these processed messages. A concurrent worker that
     processed the same key first makes this raise IntegrityError, rolling back the batch."""
     rows = [dict(zip(("route", "sender", "control_id"), dedupe_key(e)), message_id=e.id) for e in envelopes]
-    if rows:
-        conn.execute(processed_keys.insert(), rows)
+    insert_rows(conn, processed_keys, rows)
 
 
 @dataclass(frozen=True)

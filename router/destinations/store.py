@@ -13,7 +13,7 @@ import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from ..db import metadata
+from ..db import insert_rows, metadata
 from ..errors import DestinationRejected
 from ..registry import ComponentSpec
 from .base import DestinationContext, Output
@@ -76,8 +76,7 @@ class StoreDestination:
             elif old[1] != content:
                 updates.append({"k_type": key[0], "k_id": key[1], "version_id": old[0] + 1, "last_updated": now,
                                 "message_id": mid, "content": content})
-        if inserts:
-            tx.execute(resources.insert(), inserts)
+        insert_rows(tx, resources, inserts)
         if updates:
             tx.execute(resources.update().where(r.resource_type == sa.bindparam("k_type"), r.id == sa.bindparam("k_id"))
                        .values(version_id=sa.bindparam("version_id"), last_updated=sa.bindparam("last_updated"),
