@@ -15,6 +15,7 @@ COMMANDS = {
     "check": "check",
     "messages": "messages",
     "dlq": "dlq",
+    "components": "components",
 }
 
 

@@ -148,6 +148,15 @@ class PythonOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="package.module:function(envelope) -> bool")
 
+    @model_validator(mode="after")
+    def _loads(self) -> PythonOptions:
+        from .mapping import check_function_ref
+
+        problem = check_function_ref(self.function, "filter function")
+        if problem:
+            raise ValueError(problem[0] + (f" ({problem[1]})" if problem[1] else ""))
+        return self
+
 
 def build_python_filter(options: PythonOptions, context: Any = None) -> Predicate:
     from .mapping import _import_function

@@ -11,6 +11,7 @@ to deliver as they are, or None to deliver the raw message). A reference is
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,14 +53,30 @@ def _file_for(name: str, mappings_dir: Path) -> Path | None:
     return None
 
 
+def check_function_ref(ref: str, what: str) -> tuple[str, str] | None:
+    """None when package.module:function imports and is callable; else (message, hint)."""
+    module_name, _, func = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return (f"{what} {ref!r} cannot be loaded: {exc}", "write it as package.module:function")
+    except Exception as exc:  # noqa: BLE001 - the module itself crashed on import
+        return (f"{what} {ref!r} cannot be loaded: importing {module_name} raised {type(exc).__name__}: {exc}", "")
+    fn = getattr(module, func, None)
+    if fn is None:
+        names = [n for n, v in vars(module).items() if not n.startswith("_") and inspect.isfunction(v)
+                 and v.__module__ == module_name]
+        return (f"{what} {ref!r} cannot be loaded: {module_name} has no {func!r}",
+                did_you_mean(func, names) or "write it as package.module:function")
+    if not callable(fn):
+        return (f"{what} {ref!r} is not callable", "")
+    return None
+
+
 def check_mapping_ref(ref: str, registry: Registry, mappings_dir: Path) -> tuple[str, str] | None:
     """None when the reference resolves; else (message, hint)."""
     if ":" in ref:
-        try:
-            _import_function(ref)
-        except (ImportError, AttributeError, TypeError, ValueError) as exc:
-            return (f"mapping function {ref!r} cannot be loaded: {exc}", "write it as package.module:function")
-        return None
+        return check_function_ref(ref, "mapping function")
     if registry.has("mapping", ref) or _file_for(ref, mappings_dir):
         return None
     known = registry.names("mapping")

@@ -12,6 +12,7 @@ The file is checked in layers, and a problem in one layer does not stop the othe
 from __future__ import annotations
 
 import os
+import sys
 import re
 import types
 import typing
@@ -278,6 +279,14 @@ class _Collector:
 # --------------------------------------------------------------------------- loading
 
 
+def _add_import_roots(base_dir: Path) -> None:
+    """`package.module:function` references (mappings, filters, plugins) resolve against the folder
+    of the routes file and the current directory, as `python -m` would, before installed packages."""
+    for root in (str(Path.cwd()), str(base_dir)):
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
 def load_config(path: str | os.PathLike[str], registry: Registry | None = None) -> Config:
     """Load, validate and cross-check a routes file. Raises ConfigError listing every problem."""
     filename = str(path)
@@ -287,6 +296,7 @@ def load_config(path: str | os.PathLike[str], registry: Registry | None = None) 
         raise ConfigError([Problem(filename, 0, 0, "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(filename, 0, 0, f"cannot read file: {exc}")]) from None
+    _add_import_roots(Path(filename).resolve().parent)
     try:
         data, marks, yaml_problems = load_with_marks(text, filename)
     except YamlProblem as exc:
@@ -536,6 +546,18 @@ def _check_cross(col: _Collector, settings: Settings, checked: list[_Checked]) -
                     f"first defined at routes[{seen[c.name]}]", value=True)
         else:
             seen[c.name] = c.index
+    # a dead-letter queue belongs to one route: replay puts its messages back on that route
+    dlqs: dict[str, str] = {}
+    for c in checked:
+        if c.route is None:
+            continue
+        dlq = c.route.dead_letter_queue or f"{c.route.name}.dlq"
+        if dlq in dlqs and dlqs[dlq] != c.route.name:
+            col.add(("routes", c.index, "dead_letter_queue"), f"dead-letter queue {dlq!r} is also used by route "
+                    f"{dlqs[dlq]!r}", "each route needs its own dead-letter queue (replay returns messages to it)",
+                    value=True)
+        else:
+            dlqs.setdefault(dlq, c.route.name)
 
     # What each source listens on: [(resource, share key)]. The same resource with the same share
     # key is one shared server (e.g. the HTTP port); a different or None share key is a conflict.

@@ -106,10 +106,14 @@ class Transport(abc.ABC):
         """Thread-safe. The future completes when the message is durable, or fails with TransportError."""
 
     def publish_many(self, queue: str, envelopes: Iterable[Envelope], timeout: float = 30.0) -> None:
-        """Publish and wait until all are durable (raises TransportError/TimeoutError otherwise)."""
+        """Publish and wait until all are durable, at most `timeout` seconds in all
+        (raises TransportError/TimeoutError otherwise)."""
+        import time
+
         futures = [self.publish(queue, e) for e in envelopes]
+        deadline = time.monotonic() + timeout
         for f in futures:
-            f.result(timeout=timeout)
+            f.result(timeout=max(0.0, deadline - time.monotonic()))
 
     @abc.abstractmethod
     def consumer(self, routes: Iterable[RouteQueues], prefetch: int) -> Consumer:

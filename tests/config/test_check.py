@@ -261,7 +261,7 @@ def test_mapping_function_that_does_not_exist() -> None:
     assert problems(f) == expect(
         f,
         "4:14: routes[0].mapping: mapping function 'router.mapping:missing_function' cannot be loaded: "
-        "module 'router.mapping' has no attribute 'missing_function' (write it as package.module:function)",
+        "router.mapping has no 'missing_function' (write it as package.module:function)",
     )
 
 
@@ -347,3 +347,25 @@ def test_duration_negative_string_raises(n: int, unit: str) -> None:
 def test_duration_junk_raises(value: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)
+
+
+def test_two_routes_cannot_share_a_dead_letter_queue(tmp_path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text("routes:\n"
+                 "  - {name: a, source: mllp, accept: [ORU^R01], destinations: [store], dead_letter_queue: shared}\n"
+                 "  - {name: b, source: mllp, accept: [ADT^A01], destinations: [store], dead_letter_queue: shared}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert [str(p) for p in err.value.problems] == [
+        f"{f}:3:90: routes[1].dead_letter_queue: dead-letter queue 'shared' is also used by route 'a' "
+        "(each route needs its own dead-letter queue (replay returns messages to it))"]
+
+
+def test_a_python_filter_must_name_a_function_that_exists(tmp_path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text("routes:\n  - name: a\n    source: mllp\n    filter: {type: python, function: 'router.filters:nope'}\n"
+                 "    destinations: [store]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert len(err.value.problems) == 1
+    assert "filter function 'router.filters:nope' cannot be loaded: router.filters has no 'nope'" in str(err.value)
