@@ -138,3 +138,26 @@ def test_run_refuses_an_invalid_routes_file(tmp_path: Path) -> None:
     res = run_cli(["run"], tmp_path, router_env())
     assert res.returncode == 2
     assert "routes.yaml:3:13: routes[0].source: unknown source type 'mlp'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_shipped_routes_start_on_embedded_defaults_and_stop_on_ctrl_c(tmp_path: Path) -> None:
+    """What `make run` does: the shipped routes.yaml, no broker, no database URL."""
+    import shutil
+    import signal
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "routes.yaml", tmp_path / "routes.yaml")
+    mllp, http = free_port(), free_port()
+    proc = RouterProcess(["run", "--mllp-port", str(mllp), "--http-port", str(http)], tmp_path, router_env(),
+                         http_port=http)
+    try:
+        proc.wait_healthy()
+        health = httpx.get(f"http://127.0.0.1:{http}/health").json()
+        assert health["transport"] == "embedded" and health["database"] == "ok"
+        assert [ack_code(a) for a in mllp_exchange(mllp, [oru("M1")])] == ["AA"]
+        assert (tmp_path / "var" / "router.db").exists() and (tmp_path / "var" / "queue.db").exists()
+        proc.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.proc.wait(30) == 0
+        assert "router stopped" in proc.output() and "Traceback" not in proc.output()
+    finally:
+        proc.kill()
