@@ -104,7 +104,8 @@ class App:
             groups[(src.spec.name, orjson.dumps(src.options.model_dump(), option=orjson.OPT_SORT_KEYS))].append(r)
         for routes in groups.values():
             src = routes[0].config.source
-            intake = Intake(routes, self.transport, self.journal_writer)
+            intake = Intake(routes, self.transport, self.journal_writer,
+                            publish_timeout=getattr(src.options, "ack_timeout", 30.0))
             ctx = SourceContext(intake=intake, settings=self.config.settings, base_dir=str(self.config.base_dir),
                                 extra={"http_app": self.http_app})
             source = src.build(ctx)
