@@ -8,14 +8,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .config.loader import Config, load_config
+from .config.loader import Config, listener_key, load_config
 from .db import create_schema, database_url, make_engine
 from .intake import Intake, JournalWriter
 from .logging import get
@@ -98,10 +97,9 @@ class App:
 
     async def start_sources(self) -> None:
         self.journal_writer = JournalWriter(self.engine)
-        groups: dict[tuple[str, bytes], list[RouteRuntime]] = defaultdict(list)
-        for r in self.routes:
-            src = r.config.source
-            groups[(src.spec.name, orjson.dumps(src.options.model_dump(), option=orjson.OPT_SORT_KEYS))].append(r)
+        groups: dict[tuple[str, str], list[RouteRuntime]] = defaultdict(list)
+        for r in self.routes:  # the same grouping `router check` validated
+            groups[listener_key(r.config.source, self.config.settings)].append(r)
         for routes in groups.values():
             src = routes[0].config.source
             intake = Intake(routes, self.transport, self.journal_writer,

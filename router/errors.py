@@ -6,7 +6,7 @@
     │   ├── InputError              bad input (unparseable, wrong type, too large)
     │   │   └── RejectedError       refused by policy (unknown type, wrong receiver): HL7 AR
     │   ├── MappingError            the mapping could not produce output
-    │   └── ValidationError         output failed validation
+    │   ├── ValidationError         output failed validation
     │   └── DestinationRejected     a destination refused the data for good (4xx, constraint)
     └── TransientError              may succeed later: retry with backoff, then dead-letter
         ├── DestinationUnavailable  database, broker, HTTP endpoint down or timing out

@@ -95,7 +95,30 @@ class Intake:
 
     def prepare(self, raw: bytes, *, source: str, content_type: str | None = None,
                 headers: dict[str, str] | None = None) -> Accepted:
-        """Parse just enough to route; raises InputError / RejectedError."""
+        """Parse just enough to route; raises InputError / RejectedError (journaled as refused)."""
+        try:
+            return self._prepare(raw, source, content_type, headers)
+        except InputError as exc:
+            self.refused(raw, source, exc)
+            raise
+
+    def refused(self, raw: bytes, source: str, exc: BaseException) -> None:
+        """Journal a message refused at the door (without its content)."""
+        header = None
+        if hl7v2.is_hl7(raw):
+            try:
+                header = hl7v2.parse_header(hl7v2.decode(raw))
+            except InputError:
+                header = None
+        route = self.routes[0].name if len(self.routes) == 1 else "-"
+        env = Envelope(route=route, raw=b"", source=source, sender=header.sender if header else "",
+                       control_id=header.control_id if header else "")
+        self.journal.put(journal.entry(env, "refused", error=f"{type(exc).__name__}: {exc}"[:2000],
+                                       message_type=header.message_type if header else ""))
+        log.info("refused", message_id=env.id, route=route, error=type(exc).__name__)
+
+    def _prepare(self, raw: bytes, source: str, content_type: str | None,
+                 headers: dict[str, str] | None) -> Accepted:
         header: hl7v2.Header | None = None
         if hl7v2.is_hl7(raw):
             header = hl7v2.parse_header(hl7v2.decode(raw))

@@ -1,6 +1,7 @@
 """The message journal: one row per accepted message, its status transitions, and resend detection.
 
-Statuses: received -> queued -> processed | filtered | duplicate | retrying -> ... | dead-lettered.
+Statuses: queued -> processed | filtered | duplicate | retrying -> ... | dead-lettered; or refused
+at intake (not HL7, no route accepts it, too large: answered AR / 4xx, never queued).
 Writes are upserts keyed by message id that never move a message back to an earlier
 status (intake's "queued" may arrive after a worker's "processed"), except an explicit
 replay. Resends: a message whose (route, sender, control id) was already processed is
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 from .db import insert_rows, metadata
 from .envelope import Envelope
 
-RANK = {"received": 0, "queued": 1, "retrying": 2, "processed": 3, "filtered": 3, "duplicate": 3, "dead-lettered": 3}
+RANK = {"refused": 3, "queued": 1, "retrying": 2, "processed": 3, "filtered": 3, "duplicate": 3, "dead-lettered": 3}
 STATUSES = tuple(RANK)
 
 messages = sa.Table(

@@ -36,6 +36,7 @@ class ComponentSpec:
     summary: str
     options: type[BaseModel]
     factory: Callable[..., Any]  # factory(options, context) -> runtime object
+    needs_document: bool = False  # destinations: takes a FHIR resource/Bundle, so the route needs a mapping
 
 
 BUILTINS: dict[Kind, dict[str, str]] = {

@@ -30,7 +30,7 @@ def next_delay(policy: RetryPolicy, failed_attempts: int, rng: random.Random | N
     if policy.jitter:
         r = (rng or random).uniform(-policy.jitter, policy.jitter)
         d *= 1.0 + r
-    return max(0.0, d)
+    return max(0.0, min(d, policy.max_delay))
 
 
 def tier_delays(policy: RetryPolicy) -> tuple[float, ...]:

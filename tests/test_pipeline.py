@@ -113,3 +113,32 @@ def test_store_keeps_one_version_when_content_unchanged_and_bumps_on_change(harn
     corrected = harness.send(oru("V3", order="ORD-X", value="6.1"))
     harness.wait_for(lambda: harness.statuses().get(corrected.id) == "processed")
     assert harness.resource_count() == 1 and harness.versions() == [2]
+
+
+CHAIN = """
+routes:
+  - name: first
+    source: mllp
+    accept: [ORU^R01]
+    destinations: [{{type: amqp, route: second}}, {{type: file, path: "{out1}"}}]
+  - name: second
+    source: {{type: http, path: /second}}
+    destinations: [{{type: file, path: "{out2}"}}]
+"""
+
+
+@pytest.mark.parametrize("kind", ["embedded", "rabbitmq"])
+def test_a_route_hands_over_to_another_route(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                            namespace: str, sqlite_url: str) -> None:
+    broker = request.getfixturevalue("rabbitmq_url") if kind == "rabbitmq" else None
+    h = Harness(tmp_path, CHAIN.format(out1=tmp_path / "o1", out2=tmp_path / "o2"), broker_url=broker,
+                database_url=sqlite_url, namespace=namespace).start()
+    try:
+        env = h.send(oru("H1"))
+        h.wait_for(lambda: list(h.statuses().values()).count("processed") == 2, what="both routes processed")
+        rows = {h.row(i)["route"]: h.row(i) for i in h.statuses()}
+        assert rows["first"]["id"] == env.id and rows["second"]["id"] != env.id
+        assert rows["second"]["control_id"] == "H1"
+        assert [p.read_bytes() for p in (tmp_path / "o2").iterdir()] == [env.raw]
+    finally:
+        h.close()

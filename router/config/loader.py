@@ -41,6 +41,20 @@ class Component:
         return self.spec.factory(self.options, context)
 
 
+def source_claims(source: Component, settings: Settings) -> list[tuple[str, str | None]]:
+    """What a source listens on: [(resource, share key)], sorted (see router.sources.base)."""
+    claim_fn = getattr(source.options, "claims", None)
+    return sorted(claim_fn(settings), key=str) if claim_fn else []
+
+
+def listener_key(source: Component, settings: Settings) -> tuple[str, str]:
+    """Routes with the same key share one listener: the check and the engine both use this."""
+    claims = source_claims(source, settings)
+    if not claims:  # a source that claims nothing listens on its own
+        return (source.spec.name, repr(source.options))
+    return (source.spec.name, repr(claims))
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     route: Route
@@ -52,9 +66,6 @@ class RouteConfig:
     def name(self) -> str:
         return self.route.name
 
-    @property
-    def dead_letter_queue(self) -> str:
-        return self.route.dead_letter_queue or f"{self.route.name}.dlq"
 
 
 @dataclass(frozen=True)
@@ -440,6 +451,12 @@ def _check_route(col: _Collector, registry: Registry, i: int, raw: Any, route: R
     mapping = raw.get("mapping")
     if isinstance(mapping, str):
         _check_mapping(col, (*p, "mapping"), mapping, registry, mappings_dir)
+    if mapping in (None, "passthrough"):
+        for j, d in enumerate(out.destinations):
+            if d is not None and d.spec.needs_document:
+                col.add((*p, "destinations", j) if isinstance(dests, list) else (*p, "destinations"),
+                        f"the {d.spec.name} destination takes FHIR resources, and this route has no mapping",
+                        "add a 'mapping' that produces a FHIR resource or Bundle", value=True)
     return out
 
 
@@ -546,13 +563,25 @@ def _check_cross(col: _Collector, settings: Settings, checked: list[_Checked]) -
                     f"first defined at routes[{seen[c.name]}]", value=True)
         else:
             seen[c.name] = c.index
+    # destinations that hand over to another route (amqp `route:`) must name one that exists
+    for c in checked:
+        for j, d in enumerate(c.destinations):
+            target = getattr(d.options, "route", None) if d is not None else None
+            if isinstance(target, str) and (target not in seen or target == c.name):
+                why = "a route cannot hand over to itself" if target == c.name else \
+                    (did_you_mean(target, seen) or f"routes: {', '.join(seen)}")
+                col.add(("routes", c.index, "destinations", j, "route"), f"no route {target!r} to hand over to"
+                        if target != c.name else f"route {target!r} hands over to itself", why, value=True)
     # a dead-letter queue belongs to one route: replay puts its messages back on that route
     dlqs: dict[str, str] = {}
     for c in checked:
         if c.route is None:
             continue
         dlq = c.route.dead_letter_queue or f"{c.route.name}.dlq"
-        if dlq in dlqs and dlqs[dlq] != c.route.name:
+        if c.route.dead_letter_queue and dlq in seen:
+            col.add(("routes", c.index, "dead_letter_queue"), f"dead-letter queue {dlq!r} is the work queue of "
+                    f"route {dlq!r}", "name it something no route is called", value=True)
+        elif dlq in dlqs and dlqs[dlq] != c.route.name:
             col.add(("routes", c.index, "dead_letter_queue"), f"dead-letter queue {dlq!r} is also used by route "
                     f"{dlqs[dlq]!r}", "each route needs its own dead-letter queue (replay returns messages to it)",
                     value=True)
@@ -565,9 +594,8 @@ def _check_cross(col: _Collector, settings: Settings, checked: list[_Checked]) -
     # by their 'accept' lists, which must then be disjoint.
     claims: list[tuple[_Checked, list[tuple[str, str | None]]]] = []
     for c in checked:
-        claim_fn = getattr(c.source.options, "claims", None) if c.source else None
-        if claim_fn is not None:
-            claims.append((c, list(claim_fn(settings))))
+        if c.source is not None and hasattr(c.source.options, "claims"):
+            claims.append((c, source_claims(c.source, settings)))
     for k, (c, mine) in enumerate(claims):
         clash_reported = overlap_reported = False  # at most one of each per route
         for c0, theirs in claims[:k]:

@@ -79,13 +79,12 @@ class Route(Strict):
     mapping: str | None = Field(None, description="a mapping name (mappings/ or a registered one) or package.module:function")
     destinations: list[ComponentRef] = Field(min_length=1)
     retry: RetryPolicy = RetryPolicy()
-    dead_letter_queue: str | None = Field(None, description="name of the dead-letter queue; default <name>.dlq")
+    dead_letter_queue: str | None = Field(None, description="name of the dead-letter queue (prefixed with the namespace); default <name>.dlq")
     prefetch: int = Field(200, ge=1, le=10000)
     concurrency: int = Field(1, ge=1, le=64, description="consumer threads per worker process")
     batch_size: int = Field(50, ge=1, le=5000, description="messages per database commit")
-    batch_wait: Duration = Field(0.05, description="longest wait to fill a batch")
+    batch_wait: Duration = Field(0.05, description="how long a worker waits for the first message of a batch; it then takes what is ready, up to batch_size")
     queue_type: Literal["classic", "quorum"] = "classic"
-    unmapped_codes: Literal["error", "pass", "warn"] = "error"
 
     @field_validator("source", mode="before")
     @classmethod
@@ -113,7 +112,6 @@ class Settings(Strict):
     mappings_dir: str = "mappings"
     mllp: ListenerSettings = ListenerSettings(port=2575)
     http: ListenerSettings = ListenerSettings(port=8080)
-    timezone: str = "Europe/Moscow"
 
 
 class RoutesFile(Strict):

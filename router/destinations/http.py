@@ -36,7 +36,7 @@ class HttpDestination:
             raise DestinationUnavailable(f"POST {self.options.url} failed: {type(exc).__name__}: {exc}") from None
         if resp.status_code >= 500 or resp.status_code in (408, 429):
             raise DestinationUnavailable(f"POST {self.options.url} answered {resp.status_code}")
-        if resp.status_code >= 400:
+        if resp.status_code >= 300:  # redirects are not followed: the message was not delivered
             raise DestinationRejected(f"POST {self.options.url} answered {resp.status_code}: {resp.text[:200]}")
 
     def write(self, outputs: list[Output], tx: Any) -> None:

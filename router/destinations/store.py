@@ -87,4 +87,4 @@ class StoreDestination:
 
 
 SPEC = ComponentSpec("destination", "store", "the central health record store (FHIR resources)", StoreOptions,
-                     lambda o, c: StoreDestination(o, c))
+                     lambda o, c: StoreDestination(o, c), needs_document=True)

@@ -18,7 +18,7 @@ class FileOptions(BaseModel):
     error_dir: str = Field("error", description="subfolder for files refused")
 
     def claims(self, settings: Any) -> list[tuple[str, str | None]]:
-        return [(f"folder {self.path}", f"file:{self.pattern}")]
+        return [(f"folder {self.path}", f"file:{self.pattern}:{self.poll_interval}:{self.done_dir}:{self.error_dir}")]
 
 
 def _factory(options: FileOptions, context: Any) -> Any:

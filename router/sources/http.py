@@ -17,7 +17,8 @@ class HttpOptions(BaseModel):
 
     def claims(self, settings: Any) -> list[tuple[str, str | None]]:
         # the HTTP server's port is shared by every http source; each path belongs to one listener
-        return [(f"tcp port {settings.http.port}", "http"), (f"HTTP path {self.path}", f"http:{self.path}")]
+        return [(f"tcp port {settings.http.port}", "http"), (f"HTTP path {self.path}",
+                                                                  f"http:{self.path}:{sorted(self.content_types)}:{self.max_message_bytes}")]
 
 
 def _factory(options: HttpOptions, context: Any) -> Any:

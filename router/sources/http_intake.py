@@ -44,7 +44,9 @@ class HttpIntake:
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         body = await request.body()
         if len(body) > self.options.max_message_bytes:
-            return outcome(413, "too-long", f"message larger than {self.options.max_message_bytes} bytes")
+            exc = InputError(f"message larger than {self.options.max_message_bytes} bytes")
+            self.context.intake.refused(b"", f"http:{self.options.path}", exc)
+            return outcome(413, "too-long", str(exc))
         allowed = self.options.content_types
         if allowed and ctype not in allowed:
             return outcome(415, "not-supported", f"Content-Type {ctype or '(none)'} not accepted here; use one of {', '.join(allowed)}")

@@ -102,10 +102,13 @@ class MllpServer:
         intake = self.context.intake
         header = None
         if not raw:
-            return build_ack(None, "AR", f"message larger than {self.options.max_message_bytes} bytes",
-                             error="application-error")
+            exc = InputError(f"message larger than {self.options.max_message_bytes} bytes")
+            intake.refused(raw, source, exc)
+            return build_ack(None, "AR", str(exc), error="application-error")
         if START in raw:
-            return build_ack(None, "AR", "malformed frame: start block inside a message", error="application-error")
+            exc = InputError("malformed frame: start block inside a message")
+            intake.refused(raw, source, exc)
+            return build_ack(None, "AR", str(exc), error="application-error")
         try:
             header = hl7v2.parse_header(hl7v2.decode(raw))
             accepted = intake.prepare(raw, source=source)

@@ -294,7 +294,7 @@ def test_http_sources_on_the_same_path() -> None:
     assert problems(f) == expect(
         f,
         "9:13: routes[2].source: routes 'a' and 'c' both accept every message type on the shared listener "
-        "tcp port 8080, HTTP path /hl7/lab (routes sharing a listener need disjoint 'accept' lists)",
+        "HTTP path /hl7/lab, tcp port 8080 (routes sharing a listener need disjoint 'accept' lists)",
     )
 
 
@@ -352,20 +352,30 @@ def test_duration_junk_raises(value: object) -> None:
 def test_two_routes_cannot_share_a_dead_letter_queue(tmp_path) -> None:
     f = tmp_path / "routes.yaml"
     f.write_text("routes:\n"
-                 "  - {name: a, source: mllp, accept: [ORU^R01], destinations: [store], dead_letter_queue: shared}\n"
-                 "  - {name: b, source: mllp, accept: [ADT^A01], destinations: [store], dead_letter_queue: shared}\n")
+                 "  - {name: a, source: mllp, accept: [ORU^R01], destinations: [discard], dead_letter_queue: shared}\n"
+                 "  - {name: b, source: mllp, accept: [ADT^A01], destinations: [discard], dead_letter_queue: shared}\n")
     with pytest.raises(ConfigError) as err:
         load_config(f)
     assert [str(p) for p in err.value.problems] == [
-        f"{f}:3:90: routes[1].dead_letter_queue: dead-letter queue 'shared' is also used by route 'a' "
+        f"{f}:3:92: routes[1].dead_letter_queue: dead-letter queue 'shared' is also used by route 'a' "
         "(each route needs its own dead-letter queue (replay returns messages to it))"]
 
 
 def test_a_python_filter_must_name_a_function_that_exists(tmp_path) -> None:
     f = tmp_path / "routes.yaml"
     f.write_text("routes:\n  - name: a\n    source: mllp\n    filter: {type: python, function: 'router.filters:nope'}\n"
-                 "    destinations: [store]\n")
+                 "    destinations: [discard]\n")
     with pytest.raises(ConfigError) as err:
         load_config(f)
     assert len(err.value.problems) == 1
     assert "filter function 'router.filters:nope' cannot be loaded: router.filters has no 'nope'" in str(err.value)
+
+
+def test_a_hand_over_must_name_an_existing_route(tmp_path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text("routes:\n  - name: first\n    source: mllp\n    destinations: [{type: amqp, route: secnd}]\n"
+                 "  - name: second\n    source: {type: http, path: /x}\n    destinations: [discard]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert [str(p) for p in err.value.problems] == [
+        f"{f}:4:40: routes[0].destinations[0].route: no route 'secnd' to hand over to (did you mean 'second'?)"]
