@@ -26,7 +26,7 @@ from router.worker import Worker
 
 ROUTES = """
 routes:
-  - name: empty
+  - name: {name}
     source: mllp
     destinations: [discard]
     batch_size: 100
@@ -41,7 +41,8 @@ def message(i: int) -> bytes:
 
 def run(n: int, broker_url: str | None, database_url: str | None, threads: int = 8) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    (tmp / "routes.yaml").write_text(ROUTES)
+    route = f"empty-{time.time_ns()}"  # the journal may hold earlier runs (PostgreSQL)
+    (tmp / "routes.yaml").write_text(ROUTES.format(name=route))
     config = load_config(tmp / "routes.yaml")
     ns = f"bench{int(time.time())}"
     engine = make_engine(database_url or f"sqlite:///{tmp}/router.db")
@@ -76,7 +77,8 @@ def run(n: int, broker_url: str | None, database_url: str | None, threads: int =
     worker = Worker(routes, transport, engine)
     t1 = time.perf_counter()
     worker.start()
-    q = sa.select(sa.func.count()).select_from(journal.messages).where(journal.messages.c.status == "processed")
+    m = journal.messages.c
+    q = sa.select(sa.func.count()).select_from(journal.messages).where(m.route == route, m.status == "processed")
     while True:
         with engine.connect() as conn:
             if conn.execute(q).scalar_one() >= total:
