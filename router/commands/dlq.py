@@ -9,7 +9,6 @@ from .. import journal
 from ..app import AppOptions, load
 from ..db import create_schema, database_url, make_engine
 from ..envelope import Envelope
-from ..errors import ConfigError
 from ..runtime import queues_for
 from ..transport import Transport, open_transport
 from ..transport.base import RouteQueues
@@ -20,12 +19,7 @@ from .messages import fmt_time
 class Ctx:
     def __init__(self, kw: dict[str, Any]) -> None:
         setup_logging(kw)
-        try:
-            self.config = load(AppOptions(**kw))
-        except ConfigError as exc:
-            for p in exc.problems:
-                click.echo(str(p), err=True)
-            raise SystemExit(2) from None
+        self.config = load(AppOptions(**kw))  # a ConfigError is reported by the CLI group
         self.kw = kw
         self.transport: Transport = open_transport(kw["broker_url"], namespace=kw["namespace"], data_dir=kw["data_dir"])
         self.queues = [queues_for(r, kw["namespace"]) for r in self.config.routes]

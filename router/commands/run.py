@@ -6,7 +6,6 @@ from typing import Any
 import click
 
 from ..app import AppOptions, run_forever
-from ..errors import ConfigError
 from .common import engine_options, setup_logging
 
 
@@ -22,10 +21,6 @@ def command(no_workers: bool, **kw: Any) -> None:
     setup_logging(kw)
     try:
         run_forever(AppOptions(run_workers=not no_workers, **kw))
-    except ConfigError as exc:
-        for p in exc.problems:
-            click.echo(str(p), err=True)
-        raise SystemExit(2) from None
     except OSError as exc:
         click.echo(f"router: cannot start: {exc}", err=True)
         raise SystemExit(1) from None

@@ -6,7 +6,6 @@ from typing import Any
 import click
 
 from ..app import AppOptions, run_forever
-from ..errors import ConfigError
 from .common import engine_options, setup_logging
 
 
@@ -15,9 +14,4 @@ from .common import engine_options, setup_logging
 def command(**kw: Any) -> None:
     """Consume the routes' queues and deliver, until SIGTERM or Ctrl-C."""
     setup_logging(kw)
-    try:
-        run_forever(AppOptions(run_sources=False, run_http=False, **kw))
-    except ConfigError as exc:
-        for p in exc.problems:
-            click.echo(str(p), err=True)
-        raise SystemExit(2) from None
+    run_forever(AppOptions(run_sources=False, run_http=False, **kw))
