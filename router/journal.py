@@ -192,5 +192,5 @@ def search(conn: sa.Connection, q: Query) -> list[dict[str, Any]]:
 
 def history(conn: sa.Connection, message_id: str) -> list[dict[str, Any]]:
     e = events.c
-    stmt = sa.select(e.at, e.status, e.detail).where(e.message_id == message_id).order_by(e.seq)
+    stmt = sa.select(e.at, e.status, e.detail).where(e.message_id == message_id).order_by(e.at, e.seq)
     return [{str(k): v for k, v in r._mapping.items()} for r in conn.execute(stmt)]
