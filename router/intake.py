@@ -145,8 +145,14 @@ class Intake:
             raise
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"enqueue failed: {type(exc).__name__}: {exc}") from None
-        self.journal.put(journal.entry(env, "queued", message_type=env.headers.get("message_type", "")))
+        self.journal.put(self._queued(env))
         log.debug("queued", message_id=env.id, route=env.route, control_id=env.control_id)
+
+    @staticmethod
+    def _queued(env: Envelope) -> journal.Entry:
+        # stamped with the arrival time: a worker may process the message before the confirm reaches
+        # us, and the history must still read queued -> processed
+        return journal.Entry(env, "queued", env.received_at, message_type=env.headers.get("message_type", ""))
 
     def enqueue_sync(self, accepted: Accepted) -> None:
         env = accepted.envelope
@@ -154,4 +160,4 @@ class Intake:
             self.transport.publish(accepted.route.queues.work, env).result(timeout=self.publish_timeout)
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"enqueue failed: {type(exc).__name__}: {exc}") from None
-        self.journal.put(journal.entry(env, "queued", message_type=env.headers.get("message_type", "")))
+        self.journal.put(self._queued(env))
