@@ -40,7 +40,7 @@ def make_engine(url: str) -> sa.Engine:
 def create_schema(engine: sa.Engine) -> None:
     # import the modules that define tables so they are in the metadata
     from . import journal  # noqa: F401
-    from .destinations import store  # noqa: F401
+    from .store import tables  # noqa: F401
 
     metadata.create_all(engine)
 

@@ -6,11 +6,17 @@
     │   ├── InputError              bad input (unparseable, wrong type, too large)
     │   │   └── RejectedError       refused by policy (unknown type, wrong receiver): HL7 AR
     │   ├── MappingError            the mapping could not produce output
-    │   ├── ValidationError         output failed validation
-    │   └── DestinationRejected     a destination refused the data for good (4xx, constraint)
-    └── TransientError              may succeed later: retry with backoff, then dead-letter
-        ├── DestinationUnavailable  database, broker, HTTP endpoint down or timing out
-        └── TransportError          the message transport (queue) failed
+    │   ├── ValidationError         output failed validation (FHIR rules, identifier check digits): 422
+    │   ├── DestinationRejected     a destination refused the data for good (4xx, constraint)
+    │   ├── NotFoundError           no such resource (or version): 404
+    │   ├── GoneError               the resource was deleted: 410
+    │   └── ConflictError           a conditional write matched several resources, version clash: 409
+    ├── TransientError              may succeed later: retry with backoff, then dead-letter
+    │   ├── DestinationUnavailable  database, broker, HTTP endpoint down or timing out
+    │   └── TransportError          the message transport (queue) failed
+    └── AccessError                 the caller may not do this (API only)
+        ├── UnauthorizedError       no valid credentials (missing, expired, wrongly signed): 401
+        └── ForbiddenError          valid credentials without the right: 403
 
 Anything else raised while processing a message is treated as permanent (a bug
 or unforeseen input must not loop forever) and dead-lettered with its class name.
@@ -76,6 +82,18 @@ class DestinationRejected(PermanentError):
     code = "destination-rejected"
 
 
+class NotFoundError(PermanentError):
+    code = "not-found"
+
+
+class GoneError(PermanentError):
+    code = "deleted"
+
+
+class ConflictError(PermanentError):
+    code = "conflict"
+
+
 class TransientError(RouterError):
     code = "transient"
 
@@ -86,6 +104,18 @@ class DestinationUnavailable(TransientError):
 
 class TransportError(TransientError):
     code = "transport"
+
+
+class AccessError(RouterError):
+    code = "security"
+
+
+class UnauthorizedError(AccessError):
+    code = "login"
+
+
+class ForbiddenError(AccessError):
+    code = "forbidden"
 
 
 def is_transient(exc: BaseException) -> bool:

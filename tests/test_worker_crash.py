@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from router import journal
-from router.destinations.store import resources
+from router.store.tables import resources
 from router.envelope import Envelope
 from router.transport.base import route_queues
 from router.transport.rabbitmq import RabbitMQTransport

@@ -107,11 +107,41 @@ class ListenerSettings(Strict):
     port: int = Field(ge=0, le=65535)
 
 
+class JwtSettings(Strict):
+    """OAuth 2.0 bearer tokens (JWT): the signing key (a PEM public key file, a JWKS URL, or an
+    HMAC secret read from an environment variable), and the issuer and audience they must carry."""
+
+    issuer: str = Field(description="required `iss` claim")
+    audience: str = Field(description="required `aud` claim")
+    public_key_file: str | None = Field(None, description="PEM public key (RS256/ES256), relative to routes.yaml")
+    jwks_url: str | None = Field(None, description="JWKS endpoint of the identity provider")
+    secret_env: str | None = Field(None, description="environment variable holding an HS256 shared secret")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "HS256"])
+    leeway: Duration = Field(30.0, description="clock skew allowed on exp/nbf")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtSettings:
+        if sum(x is not None for x in (self.public_key_file, self.jwks_url, self.secret_env)) != 1:
+            raise ValueError("give exactly one of public_key_file, jwks_url, secret_env")
+        return self
+
+
+class ApiSettings(Strict):
+    """The FHIR REST API served by `router run` and `router api`."""
+
+    enabled: bool = True
+    base_path: str = Field("/fhir", pattern=r"^/[A-Za-z0-9/_-]*$")
+    jwt: JwtSettings | None = Field(None, description="accept bearer tokens; without it only API keys work")
+    page_size: int = Field(50, ge=1, le=1000, description="default _count")
+    max_page_size: int = Field(500, ge=1, le=5000)
+
+
 class Settings(Strict):
     plugins: list[str] = Field(default_factory=list, description="modules that register extra components, e.g. adapters.lis")
     mappings_dir: str = "mappings"
     mllp: ListenerSettings = ListenerSettings(port=2575)
     http: ListenerSettings = ListenerSettings(port=8080)
+    api: ApiSettings = ApiSettings()
 
 
 class RoutesFile(Strict):

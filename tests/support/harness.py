@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from router import journal
 from router.config.loader import load_config
 from router.db import create_schema, make_engine
-from router.destinations.store import resources
+from router.store.tables import resources
 from router.envelope import Envelope
 from router.intake import Intake, JournalWriter
 from router.runtime import build_routes
