@@ -1,0 +1,1 @@
+"""Alembic migrations of the engine's database (journal and record store)."""
