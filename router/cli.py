@@ -15,7 +15,10 @@ COMMANDS = {
     "check": "check",
     "messages": "messages",
     "dlq": "dlq",
+    "db": "db",
     "components": "components",
+    "audit": "audit",
+    "apikey": "apikey",
 }
 
 
