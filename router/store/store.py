@@ -316,15 +316,17 @@ class Store:
             "issue": [{"severity": "information", "code": "informational",
                        "diagnostics": f"merged Patient/{sid} into Patient/{tid}; {moved} resources moved"}]}}}
 
-    def write_bundles(self, conn: sa.Connection, bundles: list[tuple[dict[str, Any], str | None]]) -> None:
+    def write_bundles(self, conn: sa.Connection, bundles: list[tuple[dict[str, Any], str | None]],
+                      ) -> list[tuple[str, str, str, str | None]]:
         """The router's batch path: many bundles in the caller's one transaction and one flush,
-        each bundle atomic (the first failing one raises; the caller's batch logic isolates it)."""
+        each bundle atomic (the first failing one raises; the caller's batch logic isolates it).
+        Returns what was written, (action, type, id, patient id) per resource."""
         w = self.writer(conn)
         normal = [(_as_transaction(b), mid) for b, mid in bundles]
         w.prefetch(*_wanted(normal))
         for bundle, message_id in normal:
             self._apply(w, bundle, ROUTER, message_id, None)
-        w.flush()
+        return w.flush()
 
 
 def _as_transaction(doc: dict[str, Any]) -> dict[str, Any]:

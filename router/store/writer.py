@@ -207,10 +207,12 @@ class BatchWriter:
         ov.message_ids[key] = message_id
 
     # ---------------------------------------------------------------- flush
-    def flush(self) -> None:
+    def flush(self) -> list[tuple[str, str, str, str | None]]:
+        """Write everything planned; returns what was written: (action, type, id, patient id) with
+        action create/update/delete, one per resource (for the audit log)."""
         written = self.base.written
         if not written:
-            return
+            return []
         conn = self.conn
         cur_rows = []
         hist_rows = []
@@ -246,6 +248,8 @@ class BatchWriter:
             for rows in groups.values():
                 insert_rows(conn, INDEX_TABLES[kind], rows)
         self.base.written = {}
+        return [("delete" if vs[-1].deleted else "create" if vs[0].version_id == 1 else "update", t, i,
+                 vs[-1].patient_id) for (t, i), vs in written.items()]
 
     def _delete_for(self, table: sa.Table, keys: list[Key]) -> None:
         if not keys:
