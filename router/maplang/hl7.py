@@ -1,0 +1,171 @@
+"""HL7 v2 values as mappings see them.
+
+A ``V`` is one occurrence (one repetition) of a field, component or subcomponent, still in
+encoded form, with the message's encoding characters. Functions read it with ``str(v)`` (the
+decoded text of the whole value), ``v.c(n)`` (component n, 1-based, a V), ``v.s(n)`` (subcomponent),
+``v.components()``. Escape sequences are decoded only when text is read, so delimiters inside
+escaped text never split a value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..formats import hl7v2
+
+
+@dataclass(frozen=True)
+class Encoding:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+
+DEFAULT_ENCODING = Encoding()
+
+
+def unescape(text: str, enc: Encoding) -> str:
+    """Decode HL7 escape sequences: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\ (formatting -> newline or dropped)."""
+    e = enc.escape
+    if e not in text:
+        return text
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != e:
+            out.append(ch)
+            i += 1
+            continue
+        j = text.find(e, i + 1)
+        if j == -1:  # a lone escape character: keep it
+            out.append(text[i:])
+            break
+        code = text[i + 1:j]
+        if code == "F":
+            out.append(enc.field)
+        elif code == "S":
+            out.append(enc.component)
+        elif code == "T":
+            out.append(enc.subcomponent)
+        elif code == "R":
+            out.append(enc.repetition)
+        elif code == "E":
+            out.append(e)
+        elif code.startswith("X") and len(code) > 1:
+            try:
+                out.append(bytes.fromhex(code[1:]).decode("utf-8", "replace"))
+            except ValueError:
+                out.append(text[i:j + 1])
+        elif code in (".br", "br"):
+            out.append("\n")
+        elif code.startswith(".") or code in ("H", "N") or code.startswith("Z") or code.startswith("C") \
+                or code.startswith("M"):
+            pass  # formatting / character-set switches: no text
+        else:
+            out.append(text[i:j + 1])
+        i = j + 1
+    return "".join(out)
+
+
+def escape(text: str, enc: Encoding = DEFAULT_ENCODING) -> str:
+    """Encode text so it can stand in a field (inverse of unescape for plain text and newlines)."""
+    e = enc.escape
+    out = text.replace(e, f"{e}E{e}")
+    out = out.replace(enc.field, f"{e}F{e}").replace(enc.component, f"{e}S{e}")
+    out = out.replace(enc.subcomponent, f"{e}T{e}").replace(enc.repetition, f"{e}R{e}")
+    return out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{e}.br{e}")
+
+
+class V:
+    """One value (a field repetition, component or subcomponent) in encoded form."""
+
+    __slots__ = ("raw", "enc", "level")
+
+    def __init__(self, raw: str, enc: Encoding, level: int = 0) -> None:
+        self.raw, self.enc, self.level = raw, enc, level  # level 0 field, 1 component, 2 subcomponent
+
+    def __str__(self) -> str:
+        return unescape(self.raw, self.enc)
+
+    def __repr__(self) -> str:
+        return f"V({self.raw!r})"
+
+    def __bool__(self) -> bool:
+        return bool(self.raw) and self.raw != '""'
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, V) and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    @property
+    def is_null(self) -> bool:
+        """HL7 explicit null ("")."""
+        return self.raw == '""'
+
+    def components(self) -> list[V]:
+        sep = self.enc.component if self.level == 0 else self.enc.subcomponent
+        return [V(p, self.enc, self.level + 1) for p in self.raw.split(sep)]
+
+    def c(self, n: int) -> V:
+        """Component n (1-based); empty when absent."""
+        if self.level >= 2:
+            return self if n == 1 else V("", self.enc, 2)
+        sep = self.enc.component if self.level == 0 else self.enc.subcomponent
+        parts = self.raw.split(sep) if sep in self.raw else [self.raw]
+        return V(parts[n - 1], self.enc, self.level + 1) if n <= len(parts) else V("", self.enc, self.level + 1)
+
+    def s(self, n: int) -> V:
+        """Subcomponent n of this component."""
+        return self.c(n) if self.level == 1 else V(self.raw, self.enc, 2) if n == 1 else V("", self.enc, 2)
+
+    def text(self, n: int | None = None) -> str:
+        """Decoded text of component n (or of the whole value)."""
+        return str(self.c(n) if n is not None else self)
+
+
+class Segment:
+    __slots__ = ("name", "fields", "index")
+
+    def __init__(self, name: str, fields: list[str], index: int) -> None:
+        self.name, self.fields, self.index = name, fields, index
+
+    def field(self, n: int) -> str:
+        """Raw field n (MSH-1 is the field separator, as in the standard)."""
+        return self.fields[n] if n < len(self.fields) else ""
+
+
+class Message:
+    """A parsed ER7 message: segments split into fields, the rest split on demand."""
+
+    __slots__ = ("segments", "enc", "header", "by_name")
+
+    def __init__(self, text: str) -> None:
+        self.header = hl7v2.parse_header(text)
+        h = self.header
+        self.enc = Encoding(h.field_sep, h.component_sep, h.repetition_sep, h.escape, h.subcomponent_sep)
+        self.segments: list[Segment] = []
+        self.by_name: dict[str, list[int]] = {}
+        fs = h.field_sep
+        for i, seg in enumerate(hl7v2.split_segments(text.lstrip("\ufeff"))):
+            name = seg[:3]
+            if len(seg) > 3 and seg[3] != fs:
+                raise InputError(f"segment {i + 1} ({seg[:8]!r}) is not followed by the field separator {fs!r}")
+            parts = seg.split(fs)
+            if name == "MSH":
+                parts.insert(1, fs)  # MSH-1 is the separator; MSH-2 the encoding characters
+            self.segments.append(Segment(name, parts, i))
+            self.by_name.setdefault(name, []).append(i)
+
+    def values(self, seg: Segment, field: int) -> list[V]:
+        """Every repetition of a field."""
+        raw = seg.field(field)
+        if seg.name == "MSH" and field in (1, 2):
+            return [V(raw, self.enc)] if raw else []
+        if not raw:
+            return []
+        return [V(r, self.enc) for r in raw.split(self.enc.repetition)]
