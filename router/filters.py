@@ -138,6 +138,11 @@ def _compile(node: Node) -> Callable[[Callable[[str], Any]], bool]:
     return lambda get: rx.search(str(get(f) or "")) is not None
 
 
+def compile_condition(node: Node | list[Node]) -> Callable[[Callable[[str], Any]], bool]:
+    """A predicate over a field getter, from parsed conditions (a list means all of them)."""
+    return _compile(AllOf(all=node) if isinstance(node, list) else node)
+
+
 def build_fields_filter(options: FieldsOptions, context: Any = None) -> Predicate:
     where = options.where if isinstance(options.where, list) else [options.where]
     test = _compile(AllOf(all=where))

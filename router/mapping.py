@@ -20,10 +20,11 @@ from .envelope import Envelope
 from .errors import ConfigError
 from .registry import ComponentSpec, NoOptions, Registry, did_you_mean
 
-MappingFn = Callable[[Envelope], "dict[str, Any] | bytes | None"]
+MappingFn = Callable[[Envelope], Any]  # -> dict | bytes | None | router.maplang.compiler.MappingResult
 
-#: file suffix -> compiler(path, context) -> MappingFn. The mapping language registers itself here.
-FILE_COMPILERS: dict[str, str] = {}
+#: file suffix -> compiler(path, options) -> MappingFn (the YAML mapping language, router.maplang)
+FILE_COMPILERS: dict[str, str] = {".yaml": "router.maplang.compiler:compile_mapping",
+                                  ".yml": "router.maplang.compiler:compile_mapping"}
 
 
 def _passthrough(envelope: Envelope) -> None:
@@ -87,6 +88,8 @@ def check_mapping_ref(ref: str, registry: Registry, mappings_dir: Path) -> tuple
 
 
 def resolve_mapping(ref: str | None, registry: Registry, mappings_dir: Path, context: Any = None) -> MappingFn:
+    """The callable behind a reference. `context` is passed to file compilers as their options
+    (router.maplang.compiler.MappingOptions: time zone, unmapped-code policy)."""
     if ref is None:
         return _passthrough
     if ":" in ref:
@@ -99,3 +102,17 @@ def resolve_mapping(ref: str | None, registry: Registry, mappings_dir: Path, con
         raise ConfigError(f"unknown mapping {ref!r}")
     compiler = _import_function(FILE_COMPILERS[path.suffix])
     return compiler(path, context)  # type: ignore[no-any-return]
+
+
+def file_problems(ref: str, registry: Registry, mappings_dir: Path) -> list[Any]:
+    """Problems (file:line) of the mapping file a reference names; [] when it compiles or is no file."""
+    if ":" in ref or registry.has("mapping", ref):
+        return []
+    path = _file_for(ref, mappings_dir)
+    if path is None:
+        return []
+    try:
+        _import_function(FILE_COMPILERS[path.suffix])(path, None)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []

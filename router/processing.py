@@ -12,6 +12,7 @@ import orjson
 from .destinations.base import Output
 from .envelope import Envelope
 from .errors import MappingError, RouterError
+from .maplang.compiler import MappingResult
 from .runtime import RouteRuntime
 
 
@@ -20,6 +21,7 @@ class Outcome:
     envelope: Envelope
     output: Output | None  # None: filtered out
     message_type: str = ""
+    warnings: list[str] | None = None  # from the mapping (e.g. unmapped codes), journaled
 
 
 def prepare(route: RouteRuntime, env: Envelope) -> Outcome:
@@ -39,6 +41,9 @@ def prepare(route: RouteRuntime, env: Envelope) -> Outcome:
         raise
     except Exception as exc:  # noqa: BLE001
         raise MappingError(f"mapping failed: {type(exc).__name__}: {exc}") from None
+    warnings = None
+    if isinstance(result, MappingResult):
+        result, warnings = result.document, result.warnings or None
     if result is None:
         out = Output(env, env.raw, env.content_type)
     elif isinstance(result, (bytes, bytearray)):
@@ -47,4 +52,4 @@ def prepare(route: RouteRuntime, env: Envelope) -> Outcome:
         out = Output(env, orjson.dumps(result), "application/fhir+json", document=result)
     else:
         raise MappingError(f"mapping returned {type(result).__name__}; expected dict, bytes or None")
-    return Outcome(env, out, mtype)
+    return Outcome(env, out, mtype, warnings)

@@ -10,6 +10,7 @@ from .config.loader import Config, RouteConfig
 from .destinations.base import Destination, DestinationContext
 from .filters import Predicate
 from .mapping import MappingFn, resolve_mapping
+from .maplang.compiler import MappingOptions
 from .retry import tier_delays
 from .transport.base import RouteQueues, Transport, route_queues
 
@@ -54,7 +55,8 @@ def build_routes(config: Config, transport: Transport | None, namespace: str,
     mappings_dir = config.base_dir / config.settings.mappings_dir
     for rc in config.routes:
         flt = rc.filter.build(None) if rc.filter else None
-        mapping = resolve_mapping(rc.route.mapping, config.registry, mappings_dir, config)
+        options = MappingOptions(timezone=config.settings.timezone, unmapped=rc.route.unmapped_codes)
+        mapping = resolve_mapping(rc.route.mapping, config.registry, mappings_dir, options)
         dests: list[Destination] = []
         if with_destinations:
             ctx = DestinationContext(base_dir=str(config.base_dir), route=rc.name, transport=transport,

@@ -116,7 +116,9 @@ class BatchProcessor:
                 else:
                     first_of_key[key] = env.id
                     to_write.append(o.output)
-                    entries.append(journal.entry(env, "processed", message_type=o.message_type))
+                    entries.append(journal.entry(env, "processed", message_type=o.message_type,
+                                                 error="warnings: " + "; ".join(o.warnings)[:1900]
+                                                 if o.warnings else None))
             if to_write:
                 for dest in r.destinations:
                     dest.write(to_write, conn if dest.transactional else None)

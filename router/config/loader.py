@@ -494,6 +494,10 @@ def _check_mapping(col: _Collector, path: tuple[Any, ...], ref: str, registry: R
         err = (f"mapping {ref!r} cannot be loaded: {type(exc).__name__}: {exc}", "")
     if err:
         col.add(path, err[0], err[1], value=True)
+        return
+    from ..mapping import file_problems
+
+    col.problems.extend(file_problems(ref, registry, mappings_dir))
 
 
 # --------------------------------------------------------------------------- across routes

@@ -85,6 +85,8 @@ class Route(Strict):
     batch_size: int = Field(50, ge=1, le=5000, description="messages per database commit")
     batch_wait: Duration = Field(0.05, description="how long a worker waits for the first message of a batch; it then takes what is ready, up to batch_size")
     queue_type: Literal["classic", "quorum"] = "classic"
+    unmapped_codes: Literal["error", "pass", "warn"] = Field(
+        "error", description="a code a concept map does not cover: error (dead-letter), pass, or warn (journaled)")
 
     @field_validator("source", mode="before")
     @classmethod
@@ -142,6 +144,18 @@ class Settings(Strict):
     mllp: ListenerSettings = ListenerSettings(port=2575)
     http: ListenerSettings = ListenerSettings(port=8080)
     api: ApiSettings = ApiSettings()
+    timezone: str = Field("Europe/Moscow", description="zone of HL7 times that carry no offset")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Moscow)") from None
+        return v
 
 
 class RoutesFile(Strict):
