@@ -22,6 +22,7 @@ class Outcome:
     output: Output | None  # None: filtered out
     message_type: str = ""
     warnings: list[str] | None = None  # from the mapping (e.g. unmapped codes), journaled
+    trace: list[str] | None = None  # what the mapping decided (router try shows it)
 
 
 def prepare(route: RouteRuntime, env: Envelope) -> Outcome:
@@ -41,9 +42,9 @@ def prepare(route: RouteRuntime, env: Envelope) -> Outcome:
         raise
     except Exception as exc:  # noqa: BLE001
         raise MappingError(f"mapping failed: {type(exc).__name__}: {exc}") from None
-    warnings = None
+    warnings = trace = None
     if isinstance(result, MappingResult):
-        result, warnings = result.document, result.warnings or None
+        result, warnings, trace = result.document, result.warnings or None, result.trace
     if result is None:
         out = Output(env, env.raw, env.content_type)
     elif isinstance(result, (bytes, bytearray)):
@@ -52,4 +53,4 @@ def prepare(route: RouteRuntime, env: Envelope) -> Outcome:
         out = Output(env, orjson.dumps(result), "application/fhir+json", document=result)
     else:
         raise MappingError(f"mapping returned {type(result).__name__}; expected dict, bytes or None")
-    return Outcome(env, out, mtype, warnings)
+    return Outcome(env, out, mtype, warnings, trace)

@@ -85,8 +85,9 @@ class Route(Strict):
     batch_size: int = Field(50, ge=1, le=5000, description="messages per database commit")
     batch_wait: Duration = Field(0.05, description="how long a worker waits for the first message of a batch; it then takes what is ready, up to batch_size")
     queue_type: Literal["classic", "quorum"] = "classic"
-    unmapped_codes: Literal["error", "pass", "warn"] = Field(
-        "error", description="a code a concept map does not cover: error (dead-letter), pass, or warn (journaled)")
+    unmapped_codes: Literal["error", "pass", "warn"] | None = Field(
+        None, description="a code a concept map does not cover: error (dead-letter), pass, or warn (journaled); "
+                          "default: the mapping's own `unmapped`, else error")
 
     @field_validator("source", mode="before")
     @classmethod

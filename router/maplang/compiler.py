@@ -28,6 +28,7 @@ Per message the work is plain closures over the split message.
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,16 @@ from .hl7 import Message, V
 from .paths import Hl7Path, Scope, looks_like_hl7_path, parse_hl7_path, resolve
 
 NAMESPACE = uuid.UUID("6f0d3a52-1c3b-5e7a-9d0e-2b8f3c4a5d6e")  # of the ids this engine derives
+_NS = NAMESPACE.bytes
+
+
+def uuid5(name: str) -> str:
+    """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects (measured 5x faster)."""
+    h = bytearray(hashlib.sha1(_NS + name.encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 class FieldSpec(BaseModel):
@@ -90,7 +101,7 @@ class MappingOptions:
     """What the route adds to a mapping: time zone and the unmapped-code policy."""
 
     timezone: str = "Europe/Moscow"
-    unmapped: str = "error"
+    unmapped: str | None = None  # the route's policy; None: the mapping's `unmapped`, else error
 
 
 @dataclass
@@ -169,10 +180,10 @@ class _Compiler:
         self.problems: list[Problem] = []
         self.data, self.marks = load_yaml(path)
 
-    def add(self, where: tuple[Any, ...], message: str, hint: str = "") -> None:
+    def add(self, where: tuple[Any, ...], message: str, hint: str = "", value: bool = True) -> None:
         from ..config.yaml_marks import mark_for
 
-        line, col = mark_for(self.marks, where, value=True)
+        line, col = mark_for(self.marks, where, value=value)
         loc = ".".join(str(p) for p in where)
         self.problems.append(Problem(str(self.path), line, col, f"{loc}: {message}" if loc else message, hint))
 
@@ -208,7 +219,7 @@ class _Compiler:
             self.add(("resources",), f"duplicate key {dup!r}")
         if self.problems:
             raise ConfigError(self.problems)
-        unmapped = spec.unmapped or self.options.unmapped
+        unmapped = self.options.unmapped or spec.unmapped or "error"
         return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped)
 
     def _paths(self, where: tuple[Any, ...], text: str) -> Hl7Path | None:
@@ -246,7 +257,7 @@ class _Compiler:
                 fs = FieldSpec(**{"from": fs})
             checked = fhirdefs.check_target(r.resource, tgt)
             if isinstance(checked, str):
-                self.add(fw, checked)
+                self.add(fw, checked, value=False)  # at the target (the key)
                 continue
             parts, is_list, choice = checked
             compute = self._compute(fw, fs, keys)
@@ -409,8 +420,8 @@ class _Mapping:
                 vals = resolve(p, scope)
                 parts.append(str(vals[0]) if vals else "")
             if any(parts):
-                return str(uuid.uuid5(NAMESPACE, f"{rule.rtype}|{'|'.join(parts)}"))
-        return str(uuid.uuid5(NAMESPACE, f"{rule.rtype}|{seed}|{rule.key}|{n}"))
+                return uuid5(f"{rule.rtype}|{'|'.join(parts)}")
+        return uuid5(f"{rule.rtype}|{seed}|{rule.key}|{n}")
 
 
 def _assign(res: dict[str, Any], f: _Field, values: list[Any]) -> None:

@@ -142,7 +142,7 @@ class Segment:
 class Message:
     """A parsed ER7 message: segments split into fields, the rest split on demand."""
 
-    __slots__ = ("segments", "enc", "header", "by_name")
+    __slots__ = ("segments", "enc", "header", "by_name", "_values")
 
     def __init__(self, text: str) -> None:
         self.header = hl7v2.parse_header(text)
@@ -150,6 +150,7 @@ class Message:
         self.enc = Encoding(h.field_sep, h.component_sep, h.repetition_sep, h.escape, h.subcomponent_sep)
         self.segments: list[Segment] = []
         self.by_name: dict[str, list[int]] = {}
+        self._values: dict[tuple[int, int], list[V]] = {}
         fs = h.field_sep
         for i, seg in enumerate(hl7v2.split_segments(text.lstrip("\ufeff"))):
             name = seg[:3]
@@ -162,7 +163,14 @@ class Message:
             self.by_name.setdefault(name, []).append(i)
 
     def values(self, seg: Segment, field: int) -> list[V]:
-        """Every repetition of a field."""
+        """Every repetition of a field (split once per message)."""
+        key = (seg.index, field)
+        got = self._values.get(key)
+        if got is None:
+            got = self._values[key] = self._split(seg, field)
+        return got
+
+    def _split(self, seg: Segment, field: int) -> list[V]:
         raw = seg.field(field)
         if seg.name == "MSH" and field in (1, 2):
             return [V(raw, self.enc)] if raw else []

@@ -88,13 +88,21 @@ class Scope:
     that belongs to a group (NTE in an OBX group) is never looked for outside it; finally the
     message outside the top iteration's groups."""
 
-    __slots__ = ("msg", "levels", "owner")
+    __slots__ = ("msg", "levels", "owner", "_found", "resolved")
 
     def __init__(self, msg: Message, levels: tuple[Level, ...] = (), owner: list[int | None] | None = None) -> None:
         self.msg, self.levels = msg, levels
         self.owner = owner if owner is not None else owners(msg)
+        self._found: dict[str, list[Segment]] = {}
+        self.resolved: dict[Hl7Path, list[V]] = {}  # memo of resolve() in this scope
 
     def segments(self, name: str) -> list[Segment]:
+        found = self._found.get(name)
+        if found is None:
+            found = self._found[name] = self._segments(name)
+        return found
+
+    def _segments(self, name: str) -> list[Segment]:
         segs = self.msg.segments
         candidates = self.msg.by_name.get(name, ())
         if not candidates:
@@ -144,7 +152,17 @@ class Scope:
 
 
 def resolve(path: Hl7Path, scope: Scope) -> list[V]:
+    """The values at `path` in `scope` (memoised per scope: fields share paths)."""
+    got = scope.resolved.get(path)
+    if got is None:
+        got = scope.resolved[path] = _resolve(path, scope)
+    return got
+
+
+def _resolve(path: Hl7Path, scope: Scope) -> list[V]:
     segs = scope.segments(path.segment)
+    if not segs:
+        return []
     if path.seg_occ is None:
         segs = segs[:1]
     elif path.seg_occ > 0:
