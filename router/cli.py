@@ -11,11 +11,14 @@ from .errors import ConfigError, RouterError
 # subcommand -> module in router.commands exposing `command`
 COMMANDS = {
     "run": "run",
+    "api": "api",
     "worker": "worker",
     "check": "check",
     "messages": "messages",
     "dlq": "dlq",
     "db": "db",
+    "try": "try_",
+    "test": "test_",
     "components": "components",
     "audit": "audit",
     "apikey": "apikey",
