@@ -39,14 +39,13 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..envelope import Envelope
-from ..errors import ConfigError, InputError, MappingError, Problem
+from ..errors import ConfigError, MappingError, Problem
 from ..filters import Node, compile_condition
-from ..formats import hl7v2
 from ..registry import did_you_mean
 from . import fhirdefs
 from .conceptmap import ConceptMap, load_concept_map
-from .hl7 import Message, V
-from .paths import Hl7Path, Scope, looks_like_hl7_path, parse_hl7_path, resolve
+from .hl7 import V
+from .inputs import Hl7Input, getter, make_input
 
 NAMESPACE = uuid.UUID("6f0d3a52-1c3b-5e7a-9d0e-2b8f3c4a5d6e")  # of the ids this engine derives
 _NS = NAMESPACE.bytes
@@ -89,8 +88,9 @@ class ResourceSpec(BaseModel):
 
 class MappingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    input: str = Field("hl7v2", pattern="^(hl7v2)$")
+    input: str = Field("hl7v2", pattern="^(hl7v2|xml|json)$")
     description: str = ""
+    namespaces: dict[str, str] = Field(default_factory=dict, description="xml: prefix -> namespace URI for XPath")
     concept_maps: dict[str, str] = Field(default_factory=dict)
     unmapped: str | None = Field(None, pattern="^(error|pass|warn)$", description="default policy for unmapped codes")
     resources: list[ResourceSpec] = Field(min_length=1)
@@ -113,7 +113,7 @@ class MappingResult:
     trace: list[str] = field(default_factory=list)
 
 
-Getter = Callable[[Scope, Any], list[Any]]
+Scope = Any  # the input's scope type (paths.Scope for HL7, a node for XML/JSON)
 
 
 @dataclass
@@ -130,9 +130,10 @@ class _Field:
 class _Rule:
     key: str
     rtype: str
-    iteration: list[tuple[str, tuple[str, ...] | None]]
+    for_each: str | None
+    with_: dict[str, list[str]] | None
     when: Callable[[Callable[[str], Any]], bool] | None
-    id_paths: list[Hl7Path]
+    id_paths: list[Any]
     fields: list[_Field]
 
 
@@ -147,28 +148,22 @@ class _Instance:
 class _Run:
     """Per-message state: the instances made so far, for references."""
 
-    def __init__(self, instances: dict[str, list[_Instance]]) -> None:
-        self.instances = instances
+    def __init__(self, instances: dict[str, list[_Instance]], inp: Any) -> None:
+        self.instances, self.inp = instances, inp
 
     def ref(self, key: str, scope: Scope) -> dict[str, str] | None:
         insts = self.instances.get(key, [])
         best = None
+        within, depth = self.inp.within, self.inp.depth
         for inst in insts:  # the innermost instance whose group contains us, else the first
-            if scope.within(inst.scope) and (best is None or len(inst.scope.levels) > len(best.scope.levels)):
+            if within(scope, inst.scope) and (best is None or depth(inst.scope) > depth(best.scope)):
                 best = inst
         best = best or (insts[0] if insts else None)
         return {"reference": f"{best.rule.rtype}/{best.id}"} if best else None
 
     def refs(self, key: str, scope: Scope) -> list[dict[str, str]]:
         return [{"reference": f"{i.rule.rtype}/{i.id}"} for i in self.instances.get(key, [])
-                if i.scope.within(scope)]
-
-
-def _getter(scope: Scope) -> Callable[[str], Any]:
-    def get(path: str) -> Any:
-        vals = resolve(parse_hl7_path(path), scope)
-        return str(vals[0]) if vals else None
-    return get
+                if self.inp.within(i.scope, scope)]
 
 
 class _Compiler:
@@ -208,6 +203,7 @@ class _Compiler:
             except ConfigError as exc:
                 self.problems.extend(exc.problems)
         self.concept_maps = maps
+        self.inp = make_input(spec.input, spec.namespaces)
         rules = []
         keys = [r.key for r in spec.resources]
         for i, r in enumerate(spec.resources):
@@ -220,11 +216,11 @@ class _Compiler:
         if self.problems:
             raise ConfigError(self.problems)
         unmapped = self.options.unmapped or spec.unmapped or "error"
-        return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped)
+        return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp)
 
-    def _paths(self, where: tuple[Any, ...], text: str) -> Hl7Path | None:
+    def _paths(self, where: tuple[Any, ...], text: str) -> Any:
         try:
-            return parse_hl7_path(text)
+            return self.inp.parse_path(text)
         except ConfigError as exc:
             self.add(where, str(exc.problems[0].message))
             return None
@@ -242,13 +238,9 @@ class _Compiler:
         if fhirdefs.elements(r.resource) == {}:
             self.add((*where, "resource"), f"unknown FHIR resource type {r.resource!r}")
             return None
-        iteration: list[tuple[str, tuple[str, ...] | None]] = []
         if r.for_each:
-            for seg in r.for_each.split("/"):
-                if not (len(seg) == 3 and seg.isupper()):
-                    self.add((*where, "for_each"), f"{seg!r} is not a segment name")
-                with_ = (r.with_ or {}).get(seg)
-                iteration.append((seg, tuple(with_) if with_ is not None else None))
+            for problem in self.inp.check_for_each(r.for_each):
+                self.add((*where, "for_each"), problem)
         id_paths = [p for k, t in enumerate(r.id or []) if (p := self._paths((*where, "id", k), t))]
         fields = []
         for tgt, fs in r.fields.items():
@@ -264,7 +256,8 @@ class _Compiler:
             if compute is None:
                 continue
             fields.append(_Field(tgt, parts, is_list, choice, compute, self._condition((*fw, "when"), fs.when)))
-        return _Rule(r.key, r.resource, iteration, self._condition((*where, "when"), r.when), id_paths, fields)
+        return _Rule(r.key, r.resource, r.for_each, r.with_, self._condition((*where, "when"), r.when), id_paths,
+                     fields)
 
     def _compute(self, fw: tuple[Any, ...], fs: FieldSpec, keys: list[str]) -> Callable[..., list[Any]] | None:
         sources = [x for x in ("from_", "const", "ref", "refs") if getattr(fs, x) is not None]
@@ -292,11 +285,12 @@ class _Compiler:
             return None
         default, required, target = fs.default, fs.required, fw[-1]
         shown = " or ".join(texts)
+        resolve = self.inp.resolve
 
         def compute(scope: Scope, ctx: Any, run: _Run) -> list[Any]:
             out = []
             for path in paths:
-                for v in resolve(path, scope):  # type: ignore[arg-type]
+                for v in resolve(path, scope):
                     x = convert(v, scope, ctx)
                     if x is not None:
                         out.append(x)
@@ -325,15 +319,20 @@ class _Compiler:
             return None
         fn = spec.fn
         allowed = set(getattr(spec, "args", {}) or {})
-        path_args: dict[str, Hl7Path] = {}
+        path_args: dict[str, Any] = {}
         const_args: dict[str, Any] = {}
         for name, val in fs.args.items():
             if allowed and name not in allowed:
                 self.add((*fw, "args", name), f"{fs.fn} takes no argument {name!r}",
                          did_you_mean(name, allowed) or f"it takes: {', '.join(sorted(allowed)) or 'none'}")
                 continue
-            if isinstance(val, str) and looks_like_hl7_path(val):
-                path_args[name] = parse_hl7_path(val)
+            # a path: {path: ...} in any input; in HL7 also a bare string shaped like SEG-n
+            explicit = isinstance(val, dict) and set(val) == {"path"}
+            if explicit or (isinstance(val, str) and name != "concept_map" and isinstance(self.inp, Hl7Input)
+                            and self.inp.is_path(val)):
+                p = self._paths((*fw, "args", name), val["path"] if explicit else val)
+                if p is not None:
+                    path_args[name] = p
             else:
                 const_args[name] = val
             if name == "concept_map" and val not in self.concept_maps:
@@ -343,6 +342,8 @@ class _Compiler:
             if const_args:
                 return lambda v, scope, ctx: fn(v, ctx, **const_args)
             return lambda v, scope, ctx: fn(v, ctx)
+
+        resolve = self.inp.resolve
 
         def call(v: V, scope: Scope, ctx: Any) -> Any:
             kw = dict(const_args)
@@ -357,8 +358,9 @@ class _Mapping:
     """The compiled mapping: call it with an Envelope."""
 
     def __init__(self, name: str, rules: list[_Rule], maps: dict[str, ConceptMap], timezone: str,
-                 unmapped: str) -> None:
+                 unmapped: str, inp: Any) -> None:
         self.name, self.rules, self.maps, self.timezone, self.unmapped = name, rules, maps, timezone, unmapped
+        self.inp = inp
         from .codesystems import CodeSystems
 
         self.codesystems = CodeSystems()
@@ -368,42 +370,44 @@ class _Mapping:
         return cm.lookup(system, code) if cm else None
 
     def __call__(self, envelope: Envelope) -> MappingResult:
-        if not hl7v2.is_hl7(envelope.raw):
-            raise InputError("this mapping takes HL7 v2 (ER7) messages")
-        return self.run(hl7v2.decode(envelope.raw))
+        top, seed = self.inp.root(envelope.raw)
+        return self._run(top, seed or envelope.id)
 
     def run(self, text: str) -> MappingResult:
+        """Map a message given as text (tests, dry runs)."""
+        if isinstance(self.inp, Hl7Input):
+            return self._run(*self.inp.root_text(text))
+        top, seed = self.inp.root(text.encode())
+        return self._run(top, seed)
+
+    def _run(self, top: Any, seed: str) -> MappingResult:
         from .functions import FnContext
 
-        msg = Message(text)
+        inp = self.inp
         ctx = FnContext(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
                         unmapped=self.unmapped, warnings=[])
-        top = Scope(msg)
         instances: dict[str, list[_Instance]] = {}
-        h = msg.header
-        seed = f"{h.sending_application}|{h.sending_facility}|{h.control_id}"
         trace: list[str] = []
+        paths: dict[str, Any] = {}
         # pass 1: which resources exist, and their ids
         for rule in self.rules:
-            scopes = [top]
-            for seg, with_ in rule.iteration:
-                scopes = [c for s in scopes for c in s.iterate(seg, with_)]
+            scopes = inp.iterate(top, rule.for_each, rule.with_) if rule.for_each else [top]
             made = []
             for n, scope in enumerate(scopes):
-                if rule.when is not None and not rule.when(_getter(scope)):
+                if rule.when is not None and not rule.when(getter(inp, scope, paths)):
                     trace.append(f"{rule.key}[{n}]: skipped (when)")
                     continue
                 made.append(_Instance(rule, scope, self._id(rule, scope, seed, n)))
             instances[rule.key] = made
             trace.append(f"{rule.key}: {len(made)} {rule.rtype}")
-        run = _Run(instances)
+        run = _Run(instances, inp)
         # pass 2: fields
         entries = []
         for rule in self.rules:
             for inst in instances[rule.key]:
                 res: dict[str, Any] = {"resourceType": rule.rtype, "id": inst.id}
                 for f in rule.fields:
-                    if f.when is not None and not f.when(_getter(inst.scope)):
+                    if f.when is not None and not f.when(getter(inp, inst.scope, paths)):
                         continue
                     values = f.compute(inst.scope, ctx, run)
                     if values:
@@ -417,7 +421,7 @@ class _Mapping:
         if rule.id_paths:
             parts = []
             for p in rule.id_paths:
-                vals = resolve(p, scope)
+                vals = self.inp.resolve(p, scope)
                 parts.append(str(vals[0]) if vals else "")
             if any(parts):
                 return uuid5(f"{rule.rtype}|{'|'.join(parts)}")

@@ -149,3 +149,72 @@ def test_bad_message_is_an_input_error(tmp_path: Path) -> None:
     m = compile_mapping(Path(__file__).resolve().parents[2] / "mappings" / "oru-r01.yaml")
     with pytest.raises(InputError):
         m.run("PID|1||x")
+
+
+REGISTER = """<?xml version="1.0" encoding="utf-8"?>
+<ZL_LIST xmlns:x="urn:example:ext">
+  <ZGLV><VERSION>3.2</VERSION><DATA>2024-05-31</DATA><FILENAME>HM770001T77_240501</FILENAME></ZGLV>
+  <ZAP><N_ZAP>1</N_ZAP>
+    <PACIENT><ID_PAC>P1</ID_PAC><VPOLIS>3</VPOLIS><NPOLIS>7700000000000001</NPOLIS><SMO>77001</SMO></PACIENT>
+    <Z_SL><IDCASE>C-1</IDCASE><DATE_Z_1>2024-05-01</DATE_Z_1><DATE_Z_2>2024-05-03</DATE_Z_2><SUMV>1500.50</SUMV></Z_SL>
+  </ZAP>
+  <ZAP><N_ZAP>2</N_ZAP>
+    <PACIENT><ID_PAC>P2</ID_PAC><VPOLIS>3</VPOLIS><NPOLIS>7700000000000002</NPOLIS><SMO>77002</SMO></PACIENT>
+    <Z_SL><IDCASE>C-2</IDCASE><DATE_Z_1>2024-05-10</DATE_Z_1><DATE_Z_2>2024-05-10</DATE_Z_2><SUMV>300</SUMV></Z_SL>
+  </ZAP>
+</ZL_LIST>"""
+
+
+def test_xml_input_with_xpath(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+        input: xml
+        resources:
+          - key: patient
+            resource: Patient
+            for_each: /ZL_LIST/ZAP
+            id: [PACIENT/ID_PAC]
+            fields:
+              identifier: {from: PACIENT/NPOLIS, fn: identifier, args: {system: "urn:oid:1.2.643.5.1.13.2.1.1.735"}}
+          - key: claim
+            resource: Claim
+            for_each: /ZL_LIST/ZAP
+            id: [Z_SL/IDCASE]
+            fields:
+              identifier: {from: Z_SL/IDCASE, fn: identifier, args: {system: "urn:example:case"}}
+              status: {const: active}
+              use: {const: claim}
+              patient: {ref: patient}
+              billablePeriod.start: {from: Z_SL/DATE_Z_1}   # already ISO 8601
+              billablePeriod.end: {from: Z_SL/DATE_Z_2}
+              total.value: {from: Z_SL/SUMV, fn: decimal}
+        """)
+    m = compile_mapping(p)
+    r = m.run(REGISTER)
+    pats, claims = resources(r.document, "Patient"), resources(r.document, "Claim")
+    assert [c["identifier"][0]["value"] for c in claims] == ["C-1", "C-2"]
+    assert [c["total"]["value"] for c in claims] == [1500.5, 300]
+    assert claims[1]["billablePeriod"] == {"start": "2024-05-10", "end": "2024-05-10"}
+    # each claim refers to the patient of its own ZAP
+    assert [c["patient"]["reference"] for c in claims] == [f"Patient/{p['id']}" for p in pats]
+    assert pats[0]["identifier"][0]["value"] == "7700000000000001"
+
+
+def test_json_input_with_dotted_paths(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+        input: json
+        resources:
+          - key: person
+            resource: Patient
+            for_each: "people[*]"
+            id: [snils]
+            fields:
+              name[0].family: {from: name.last}
+              birthDate: {from: born, fn: date}
+              gender: {from: sex, map: {m: male, f: female}}
+        """)
+    m = compile_mapping(p)
+    r = m.run('{"people": [{"snils": "1", "name": {"last": "Петров"}, "born": "19700101", "sex": "m"},'
+              ' {"snils": "2", "name": {"last": "Сидорова"}, "born": "19800202", "sex": "f"}]}')
+    pats = resources(r.document, "Patient")
+    assert [(x["name"][0]["family"], x["birthDate"], x["gender"]) for x in pats] == [
+        ("Петров", "1970-01-01", "male"), ("Сидорова", "1980-02-02", "female")]
