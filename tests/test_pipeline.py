@@ -142,3 +142,19 @@ def test_a_route_hands_over_to_another_route(kind: str, request: pytest.FixtureR
         assert [p.read_bytes() for p in (tmp_path / "o2").iterdir()] == [env.raw]
     finally:
         h.close()
+
+
+def test_router_writes_to_the_store_are_audited(harness: Harness) -> None:
+    import sqlalchemy as sa
+
+    from router.store.tables import audit
+
+    a = harness.send(oru("AU1", order="ORD-AU", value="1"))
+    harness.wait_for(lambda: harness.statuses().get(a.id) == "processed")
+    b = harness.send(oru("AU2", order="ORD-AU", value="2"))
+    harness.wait_for(lambda: harness.statuses().get(b.id) == "processed")
+    with harness.engine.connect() as conn:
+        rows = conn.execute(sa.select(audit.c.client_id, audit.c.role, audit.c.action, audit.c.resource_type,
+                                      audit.c.request_id, audit.c.outcome).order_by(audit.c.seq)).all()
+    assert [tuple(r) for r in rows] == [("router", "router", "create", "Basic", a.id, "allowed"),
+                                        ("router", "router", "update", "Basic", b.id, "allowed")]

@@ -7,6 +7,8 @@ from pydantic import BaseModel, ConfigDict
 import sqlalchemy as sa
 
 from ..registry import ComponentSpec
+from ..store import audit
+from ..store.principal import ROUTER
 from ..store.store import Store
 from .base import DestinationContext, Output
 
@@ -20,6 +22,7 @@ class StoreDestination:
 
     def __init__(self, options: StoreOptions, context: DestinationContext) -> None:
         self.store = Store()
+        self.route = context.route
 
     def write(self, outputs: list[Output], tx: sa.Connection | None) -> None:
         if tx is None:
@@ -31,7 +34,11 @@ class StoreDestination:
             if out.document is None:
                 raise DestinationRejected("the store takes FHIR resources: this route's mapping produced none")
             bundles.append((out.document, out.envelope.id))
-        self.store.write_bundles(tx, bundles)
+        written = self.store.write_bundles(tx, bundles)
+        # one audit row per resource the router wrote, in the same transaction
+        audit.record_many(tx, ({"principal": ROUTER, "action": action, "resource_type": rtype, "resource_id": rid,
+                                "patient_id": patient, "request_id": mid, "detail": f"route {self.route}"}
+                               for action, rtype, rid, patient, mid in written))
 
     def close(self) -> None:
         return None

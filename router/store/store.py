@@ -317,10 +317,10 @@ class Store:
                        "diagnostics": f"merged Patient/{sid} into Patient/{tid}; {moved} resources moved"}]}}}
 
     def write_bundles(self, conn: sa.Connection, bundles: list[tuple[dict[str, Any], str | None]],
-                      ) -> list[tuple[str, str, str, str | None]]:
+                      ) -> list[tuple[str, str, str, str | None, str | None]]:
         """The router's batch path: many bundles in the caller's one transaction and one flush,
         each bundle atomic (the first failing one raises; the caller's batch logic isolates it).
-        Returns what was written, (action, type, id, patient id) per resource."""
+        Returns what was written, (action, type, id, patient id, message id) per resource."""
         w = self.writer(conn)
         normal = [(_as_transaction(b), mid) for b, mid in bundles]
         w.prefetch(*_wanted(normal))

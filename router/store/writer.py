@@ -207,9 +207,9 @@ class BatchWriter:
         ov.message_ids[key] = message_id
 
     # ---------------------------------------------------------------- flush
-    def flush(self) -> list[tuple[str, str, str, str | None]]:
-        """Write everything planned; returns what was written: (action, type, id, patient id) with
-        action create/update/delete, one per resource (for the audit log)."""
+    def flush(self) -> list[tuple[str, str, str, str | None, str | None]]:
+        """Write everything planned; returns what was written: (action, type, id, patient id, message
+        id) with action create/update/delete, one per resource (for the audit log)."""
         written = self.base.written
         if not written:
             return []
@@ -249,7 +249,7 @@ class BatchWriter:
                 insert_rows(conn, INDEX_TABLES[kind], rows)
         self.base.written = {}
         return [("delete" if vs[-1].deleted else "create" if vs[0].version_id == 1 else "update", t, i,
-                 vs[-1].patient_id) for (t, i), vs in written.items()]
+                 vs[-1].patient_id, self.base.message_ids.get((t, i))) for (t, i), vs in written.items()]
 
     def _delete_for(self, table: sa.Table, keys: list[Key]) -> None:
         if not keys:
