@@ -40,6 +40,7 @@ class AppOptions:
     run_sources: bool = True
     run_workers: bool = True
     run_http: bool = True
+    run_routes: bool = True  # False: an API-only node (`router api`): no transport, no routes
 
 
 def load(options: AppOptions) -> Config:
@@ -59,15 +60,22 @@ class App:
         self.config = load(options)
         self.db_url = database_url(options.database_url, options.data_dir)
         self.engine: sa.Engine = make_engine(self.db_url)
-        self.transport: Transport = open_transport(options.broker_url, namespace=options.namespace,
-                                                   data_dir=options.data_dir)
+        self.http_app = FastAPI(title="router", version=__version__)
+        self.http_app.add_api_route("/health", self._health, methods=["GET"])
+        # the FHIR API, built before any connection opens (a missing JWT secret is a ConfigError here)
+        if options.run_http and self.config.settings.api.enabled:
+            from .api.fhir import fhir_router
+
+            self.http_app.include_router(fhir_router(self.engine, self.config.settings.api, str(self.config.base_dir)))
+        self.transport: Transport | None = None
+        if options.run_routes:
+            self.transport = open_transport(options.broker_url, namespace=options.namespace,
+                                            data_dir=options.data_dir)
         self.routes: list[RouteRuntime] = []
         self.worker: Worker | None = None
         self.sources: list[Any] = []
         self.journal_writer: JournalWriter | None = None
         self.http_server: uvicorn.Server | None = None
-        self.http_app = FastAPI(title="router", version=__version__)
-        self.http_app.add_api_route("/health", self._health, methods=["GET"])
         self.ready = asyncio.Event()
 
     async def _health(self) -> JSONResponse:
@@ -78,7 +86,8 @@ class App:
         except Exception as exc:  # noqa: BLE001
             db = f"error: {type(exc).__name__}"
         body = {"status": "ok" if db == "ok" else "degraded", "version": __version__, "database": db,
-                "transport": "rabbitmq" if self.options.broker_url else "embedded",
+                "transport": ("none" if self.transport is None
+                              else "rabbitmq" if self.options.broker_url else "embedded"),
                 "routes": [r.name for r in self.routes]}
         if self.worker is not None:
             st = self.worker.stats
@@ -88,6 +97,8 @@ class App:
 
     def start_core(self) -> None:
         create_schema(self.engine)
+        if self.transport is None:
+            return
         self.routes = build_routes(self.config, self.transport, self.options.namespace,
                                    with_destinations=self.options.run_workers)
         self.transport.setup([r.queues for r in self.routes])
@@ -147,7 +158,8 @@ class App:
             self.journal_writer.close()
         for r in self.routes:
             r.close()
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
         self.engine.dispose()
 
 
