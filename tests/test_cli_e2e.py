@@ -150,6 +150,7 @@ def test_shipped_routes_start_on_embedded_defaults_and_stop_on_ctrl_c(tmp_path: 
 
     root = Path(__file__).resolve().parent.parent
     shutil.copy(root / "routes.yaml", tmp_path / "routes.yaml")
+    shutil.copytree(root / "mappings", tmp_path / "mappings")
     mllp, http = free_port(), free_port()
     proc = RouterProcess(["run", "--mllp-port", str(mllp), "--http-port", str(http)], tmp_path, router_env(),
                          http_port=http)
@@ -157,7 +158,8 @@ def test_shipped_routes_start_on_embedded_defaults_and_stop_on_ctrl_c(tmp_path: 
         proc.wait_healthy()
         health = httpx.get(f"http://127.0.0.1:{http}/health").json()
         assert health["transport"] == "embedded" and health["database"] == "ok"
-        assert [ack_code(a) for a in mllp_exchange(mllp, [oru("M1")])] == ["AA"]
+        sample = (root / "samples" / "oru-r01-glucose.hl7").read_bytes()
+        assert [ack_code(a) for a in mllp_exchange(mllp, [sample])] == ["AA"]
         assert (tmp_path / "var" / "router.db").exists() and (tmp_path / "var" / "queue.db").exists()
         proc.proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.proc.wait(30) == 0

@@ -89,6 +89,8 @@ def check_target(resource_type: str, path: str) -> tuple[list[tuple[str, int | N
             return f"{current}.{name} is not a list: it takes no [index]"
         parts.append((name, int(idx) if idx is not None else None))
         if k < len(segs) - 1:
+            if el.is_list and idx is None:
+                return f"{current}.{name} is a list: write {name}[0].{segs[k + 1]} (or [1], ...)"
             if el.type_name is None:
                 return f"{current}.{name} is a primitive: it has no {segs[k + 1]!r}"
             current = el.type_name
