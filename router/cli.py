@@ -22,6 +22,7 @@ COMMANDS = {
     "components": "components",
     "audit": "audit",
     "apikey": "apikey",
+    "send": "send",
 }
 
 

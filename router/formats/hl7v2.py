@@ -31,6 +31,13 @@ class Header:
     control_id: str
     processing_id: str
     version: str
+    accept_ack_type: str = ""  # MSH-15: AL, ER, NE, SU; empty = original acknowledgment mode
+    application_ack_type: str = ""  # MSH-16: AL, ER, NE, SU
+
+    @property
+    def enhanced(self) -> bool:
+        """Enhanced acknowledgment mode: the sender filled MSH-15 (accept acknowledgment type)."""
+        return bool(self.accept_ack_type)
 
     @property
     def sender(self) -> str:
@@ -84,6 +91,7 @@ def parse_header(text: str) -> Header:
         sending_application=f(3), sending_facility=f(4), receiving_application=f(5),
         receiving_facility=f(6), message_type=mtype, structure=structure, control_id=f(10),
         processing_id=f(11).split(cs)[0], version=f(12).split(cs)[0],
+        accept_ack_type=f(15).split(cs)[0].strip().upper(), application_ack_type=f(16).split(cs)[0].strip().upper(),
     )
 
 
@@ -143,6 +151,11 @@ class Message:
                     return None
                 value = subs[si2]
         return value
+
+
+def is_field_path(path: str) -> bool:
+    """True when `path` is a field path Message.get understands (PID-3, OBX[2]-5[1].1)."""
+    return _PATH.match(path) is not None
 
 
 def is_hl7(raw: bytes) -> bool:

@@ -1,28 +1,61 @@
-"""MLLP source: HL7 v2 over TCP with 0x0B ... 0x1C 0x0D framing; ACK after durable enqueue."""
+"""MLLP source: HL7 v2 over TCP with 0x0B ... 0x1C 0x0D framing; ACK after durable enqueue.
+
+Options beyond the address: ``tls`` (TLS, or mutual TLS when ``ca_file`` is set) and a
+receiver check (``receiving_application`` / ``receiving_facility``): a message addressed to
+another receiver in MSH-5 / MSH-6 is refused with AR and ERR code 103 "Table value not found"
+(table 0357 has no code for a wrong receiver; MSH-5/MSH-6 take their values from the user
+tables 0361 Application / 0362 Facility, and the value is not one this listener serves).
+Everything the listener does with a message is in its share key (see router.sources.base), so
+routes on one port must agree on all of it. The acknowledgment rules are in mllp_server.py.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config.durations import Duration
 from ..registry import ComponentSpec
+
+
+class MllpTls(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cert_file: str = Field(description="server certificate (PEM, with its chain); relative to routes.yaml")
+    key_file: str = Field(description="its private key (PEM, unencrypted); relative to routes.yaml")
+    ca_file: str | None = Field(None, description="CA certificates (PEM) of the clients: when set, every client "
+                                                   "must present a certificate they signed (mutual TLS)")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="lowest TLS version accepted")
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:  # `min_version: 1.3` unquoted is a YAML float
+        return str(v) if isinstance(v, float) else v
 
 
 class MllpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str | None = Field(None, description="default: settings.mllp.host (127.0.0.1)")
     port: int | None = Field(None, ge=0, le=65535, description="default: settings.mllp.port (2575)")
-    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    idle_timeout: Duration = Field(300.0, description="close a connection silent this long")
+    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger messages are refused (AR)")
+    idle_timeout: Duration = Field(300.0, description="close a connection that sends nothing this long")
     ack_timeout: Duration = Field(30.0, description="longest wait for durable enqueue before answering AE")
+    tls: MllpTls | None = Field(None, description="TLS on this listener: {cert_file, key_file, ca_file, "
+                                                  "min_version}; ca_file makes it mutual TLS")
+    receiving_application: str | None = Field(None, description="refuse messages whose MSH-5 names another "
+                                                                "application (AR, ERR code 103)")
+    receiving_facility: str | None = Field(None, description="refuse messages whose MSH-6 names another "
+                                                             "facility (AR, ERR code 103)")
 
     def address(self, settings: Any) -> tuple[str, int]:
         return (self.host or settings.mllp.host, settings.mllp.port if self.port is None else self.port)
 
     def claims(self, settings: Any) -> list[tuple[str, str | None]]:
         host, port = self.address(settings)
-        return [(f"tcp port {port}", f"mllp:{host}:{self.max_message_bytes}:{self.idle_timeout}:{self.ack_timeout}")]
+        tls = self.tls
+        tls_key = f"tls({tls.cert_file},{tls.key_file},{tls.ca_file},{tls.min_version})" if tls else "plain"
+        return [(f"tcp port {port}",
+                 f"mllp:{host}:{self.max_message_bytes}:{self.idle_timeout}:{self.ack_timeout}:{tls_key}"
+                 f":to({self.receiving_application},{self.receiving_facility})")]
 
 
 def _factory(options: MllpOptions, context: Any) -> Any:
@@ -31,4 +64,4 @@ def _factory(options: MllpOptions, context: Any) -> Any:
     return MllpServer(options, context)
 
 
-SPEC = ComponentSpec("source", "mllp", "HL7 v2 over MLLP (TCP)", MllpOptions, _factory)
+SPEC = ComponentSpec("source", "mllp", "HL7 v2 over MLLP (TCP, optionally TLS)", MllpOptions, _factory)

@@ -1,15 +1,39 @@
-"""Asyncio MLLP listener. Frames: 0x0B message 0x1C 0x0D. Messages are answered in order per
-connection; the ACK goes out only after intake reports the message durable.
+"""Asyncio MLLP listener. Frames: 0x0B message 0x1C 0x0D, over TCP or TLS.
 
-ACK codes (original mode): AA enqueued durably; AR refused (not HL7, unknown message
-type, too large); AE could not be accepted now (not confirmed durable: resend later).
+Connections are served concurrently; the messages of one connection are handled one at a time
+and answered in order, and an ACK goes out only after intake reports the message durable.
+
+Framing: bytes outside a frame are skipped (logged once per run of them). A frame that is cut
+short - a new start block before the end block, or end of stream inside it - is refused with
+AR; so is a frame over ``max_message_bytes`` (read to its end and dropped, keeping only its
+head to answer from). A connection that sends nothing for ``idle_timeout`` is closed. Nothing
+a sender puts in a frame closes the connection: every frame gets its answer.
+
+Acknowledgments (router/formats/ack.py builds them: sender and receiver swapped, the sender's
+version and encoding characters, MSA-2 = MSH-10, an ERR segment on errors):
+
+* original mode (MSH-15 empty): AA once the message is durably enqueued; AE when it cannot be
+  accepted now (not confirmed durable: resend later); AR when it is refused (not HL7, no route
+  for the message type - ERR 200, addressed to another receiver - ERR 103, too large, frame
+  cut short - ERR 207).
+* enhanced mode (MSH-15 = AL, ER, NE or SU): the same outcomes as the commit ACK CA / CE / CR,
+  sent per MSH-15: AL always, ER only on CE/CR, SU only on CA, NE never (the connection stays
+  open for the next message). An unknown MSH-15 value is answered as AL. Only the commit ACK is
+  sent: the application acknowledgment that MSH-16 asks for is not (yet) sent after processing;
+  MSH-15 and MSH-16 are kept in the envelope headers (accept_ack_type, application_ack_type).
+
+A resent message (same sender and MSH-10) is acknowledged again like the first; the worker
+recognises it and does not process it twice.
 """
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, RejectedError, TransportError
+from ..errors import InputError, RejectedError, RouterError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
 from ..logging import get
@@ -18,23 +42,141 @@ from .mllp import MllpOptions
 
 log = get("router.mllp")
 START, END = b"\x0b", b"\x1c\x0d"
+HEAD = 65536  # of a message too large to take: what is kept to answer it (its MSH)
+READ = 65536
+
+
+class IdleTimeout(Exception):
+    def __init__(self, in_frame: bool) -> None:
+        super().__init__("idle")
+        self.in_frame = in_frame
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes  # the message (for a refused frame: its head, enough for the MSH)
+    size: int  # bytes between the start block and the end block (or where the frame was cut)
+    kind: str = "ok"  # ok | too-large | unterminated (new start block first) | eof (stream ended inside)
+
+
+class FrameReader:
+    """Splits one connection's byte stream into frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, idle_timeout: float, peer: str) -> None:
+        self.reader, self.max, self.idle, self.peer = reader, max_bytes, idle_timeout, peer
+        self.buf = bytearray()
+
+    async def _fill(self, in_frame: bool) -> bool:
+        """More bytes into buf; False at end of stream. Raises IdleTimeout after idle_timeout of silence."""
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ), timeout=self.idle or None)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise IdleTimeout(in_frame) from None
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    async def next(self) -> Frame | None:
+        """The next frame, or None at end of stream between frames."""
+        skipped = 0
+        while True:
+            i = self.buf.find(START)
+            if i != -1:
+                skipped += i
+                del self.buf[:i + 1]
+                break
+            skipped += len(self.buf)
+            self.buf.clear()
+            if not await self._fill(False):
+                self._skipped(skipped)
+                return None
+        self._skipped(skipped)
+        dropped, head, scan = 0, b"", 0
+        while True:
+            j = self.buf.find(END, scan)
+            k = self.buf.find(START, scan)
+            if k != -1 and (j == -1 or k < j):  # a new frame starts before this one ended
+                body = bytes(self.buf[:k])
+                del self.buf[:k]
+                return Frame(head or body, dropped + k, "unterminated")
+            if j != -1:
+                body = bytes(self.buf[:j])
+                del self.buf[:j + 2]
+                size = dropped + j
+                if size > self.max:
+                    return Frame(head or body[:HEAD], size, "too-large")
+                return Frame(body, size)
+            if dropped or len(self.buf) > self.max:
+                # too large: keep the head, drop the rest up to the end block (a trailing 0x1C may be half of it)
+                head = head or bytes(self.buf[:HEAD])
+                n = len(self.buf) - (1 if self.buf.endswith(b"\x1c") else 0)
+                dropped += n
+                del self.buf[:n]
+            scan = max(0, len(self.buf) - 1)
+            if not await self._fill(True):
+                return Frame(head or bytes(self.buf), dropped + len(self.buf), "eof")
+
+    def _skipped(self, n: int) -> None:
+        if n:
+            log.warning("mllp: bytes outside a frame skipped", peer=self.peer, bytes=n)
+
+
+def server_ssl_context(options: MllpOptions, base_dir: str) -> ssl.SSLContext | None:
+    """The listener's TLS context (None without `tls`). Raises RouterError naming the file at fault."""
+    tls = options.tls
+    if tls is None:
+        return None
+
+    def path(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else Path(base_dir) / q)
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(path(tls.cert_file), path(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise RouterError(f"mllp source tls: cannot load cert_file {path(tls.cert_file)} / key_file "
+                          f"{path(tls.key_file)}: {getattr(exc, 'strerror', None) or exc}") from None
+    if tls.ca_file:
+        try:
+            ctx.load_verify_locations(cafile=path(tls.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise RouterError(f"mllp source tls: cannot load ca_file {path(tls.ca_file)}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _subject(writer: asyncio.StreamWriter) -> str:
+    """The client certificate's subject CN (mutual TLS), or ''."""
+    obj = writer.get_extra_info("ssl_object")
+    cert = obj.getpeercert() if obj is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 class MllpServer:
     def __init__(self, options: MllpOptions, context: SourceContext) -> None:
         self.options, self.context = options, context
         self.host, self.port = options.address(context.settings)
+        self.ssl = server_ssl_context(options, context.base_dir)
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[asyncio.Task[Any]] = set()
         self.busy: set[asyncio.Task[Any]] = set()  # answering a message right now
         self.stopping = False
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                 limit=self.options.max_message_bytes + 16)
+        # TLS is started per connection (not by start_server) so that a failed handshake is logged
+        self.server = await asyncio.start_server(self._serve, self.host, self.port, backlog=1024)
         sock = self.server.sockets[0].getsockname()
         self.port = sock[1]
-        log.info("mllp listening", host=self.host, port=self.port)
+        log.info("mllp listening", host=self.host, port=self.port,
+                 tls=("mutual" if self.options.tls and self.options.tls.ca_file else "on") if self.ssl else "off")
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -53,24 +195,36 @@ class MllpServer:
         peer = writer.get_extra_info("peername")
         source = f"mllp:{peer[0]}:{peer[1]}" if peer else "mllp"
         try:
+            headers: dict[str, str] = {}
+            if self.ssl is not None:
+                try:
+                    await writer.start_tls(self.ssl, ssl_handshake_timeout=min(self.options.idle_timeout, 60.0) or None)
+                except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
+                    log.warning("mllp tls handshake failed", peer=source,
+                                error=getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
+                    return
+                if subject := _subject(writer):
+                    headers["tls_client"] = subject
+            frames = FrameReader(reader, self.options.max_message_bytes, self.options.idle_timeout, source)
             while True:
                 try:
-                    frame = await asyncio.wait_for(self._read_frame(reader), timeout=self.options.idle_timeout)
-                except (TimeoutError, asyncio.TimeoutError):
-                    log.info("mllp idle timeout", peer=source)
+                    frame = await frames.next()
+                except IdleTimeout as exc:
+                    log.info("mllp idle timeout", peer=source, inside_a_frame=exc.in_frame)
                     return
                 if frame is None:
                     return
                 self.busy.add(task)
                 try:
-                    answer = await self._handle(frame, source)
-                    writer.write(START + answer + END)
-                    await writer.drain()
+                    answer = await self._answer(frame, source, headers)
+                    if answer is not None:
+                        writer.write(START + answer + END)
+                        await writer.drain()
                 finally:
                     self.busy.discard(task)
-                if self.stopping:
+                if frame.kind == "eof" or self.stopping:
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             return
         except asyncio.CancelledError:
             return
@@ -78,47 +232,90 @@ class MllpServer:
             self.connections.discard(task)
             writer.close()
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
-        """The next message, or None at end of stream. Bytes outside frames are skipped and logged."""
-        while True:
-            b = await reader.read(1)
-            if not b:
-                return None
-            if b == START:
-                break
-            log.warning("mllp: bytes outside a frame skipped")
-        try:
-            data = await reader.readuntil(END)
-        except asyncio.LimitOverrunError:
-            # too large: swallow up to the end of this frame, then refuse it
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk or END in chunk:
-                    break
-            return b""
-        return data[:-2]
-
-    async def _handle(self, raw: bytes, source: str) -> bytes:
-        intake = self.context.intake
+    async def _answer(self, frame: Frame, source: str, headers: dict[str, str]) -> bytes | None:
+        """The ACK for one frame, or None when the sender asked for none (MSH-15)."""
         header = None
-        if not raw:
-            exc = InputError(f"message larger than {self.options.max_message_bytes} bytes")
-            intake.refused(raw, source, exc)
-            return build_ack(None, "AR", str(exc), error="application-error")
-        if START in raw:
-            exc = InputError("malformed frame: start block inside a message")
-            intake.refused(raw, source, exc)
-            return build_ack(None, "AR", str(exc), error="application-error")
+        if hl7v2.is_hl7(frame.data):
+            try:
+                header = hl7v2.parse_header(hl7v2.decode(frame.data))
+            except InputError:
+                header = None
         try:
-            header = hl7v2.parse_header(hl7v2.decode(raw))
-            accepted = intake.prepare(raw, source=source)
+            cls, text, error, location = await self._handle(frame, header, source, headers)
+        except Exception as exc:  # noqa: BLE001 - a bug must not cost the sender its connection
+            log.error("mllp: message not handled", peer=source, error=f"{type(exc).__name__}: {exc}"[:300])
+            cls, text, error, location = "E", "internal error, please resend", "application-error", ""
+        enhanced = header is not None and header.enhanced
+        if enhanced and not _wanted(header.accept_ack_type, cls):  # type: ignore[union-attr]
+            log.debug("mllp: no commit ACK (MSH-15)", peer=source, outcome=cls,
+                      accept_ack_type=header.accept_ack_type)  # type: ignore[union-attr]
+            return None
+        code = ("C" if enhanced else "A") + cls
+        return build_ack(header, code, text, error=error, location=location)
+
+    async def _handle(self, frame: Frame, header: hl7v2.Header | None, source: str,
+                      headers: dict[str, str]) -> tuple[str, str, str | None, str]:
+        """(outcome A/E/R, text, ERR code key or None, ERR location) for one frame."""
+        intake = self.context.intake
+        if frame.kind != "ok":
+            what = {
+                "too-large": f"message of {frame.size} bytes is larger than the limit of "
+                             f"{self.options.max_message_bytes} bytes",
+                "unterminated": "frame not terminated: a start block (0x0B) came before the end block (0x1C 0x0D)",
+                "eof": "frame not terminated: the connection ended before the end block (0x1C 0x0D)",
+            }[frame.kind]
+            log.warning("mllp: frame refused", peer=source, reason=frame.kind, bytes=frame.size)
+            exc = InputError(what)
+            intake.refused(frame.data, source, exc)
+            return "R", what, "application-error", ""
+        if header is not None:
+            refused = self._wrong_receiver(header)
+            if refused is not None:
+                text, location = refused
+                intake.refused(frame.data, source, RejectedError(text))
+                return "R", text, "table-value", location
+        extra = dict(headers)
+        if header is not None:
+            if header.accept_ack_type:
+                extra["accept_ack_type"] = header.accept_ack_type
+            if header.application_ack_type:
+                extra["application_ack_type"] = header.application_ack_type
+        try:
+            accepted = intake.prepare(frame.data, source=source, headers=extra)
         except RejectedError as exc:
-            return build_ack(header, "AR", str(exc), error="unsupported-message-type", location="MSH^1^9")
+            return "R", str(exc), "unsupported-message-type", "MSH^1^9"
         except InputError as exc:
-            return build_ack(header, "AR", str(exc), error="application-error", location="MSH^1")
+            return "R", str(exc), "application-error", "MSH^1"
         try:
             await intake.enqueue(accepted)
         except TransportError as exc:
             log.error("not enqueued", message_id=accepted.envelope.id, route=accepted.route.name, error=str(exc)[:200])
-            return build_ack(header, "AE", "message not stored, please resend", error="application-error")
-        return build_ack(header, "AA", "")
+            return "E", "message not stored, please resend", "application-error", ""
+        return "A", "", None, ""
+
+    def _wrong_receiver(self, h: hl7v2.Header) -> tuple[str, str] | None:
+        """(text, ERR location) when MSH-5 / MSH-6 name a receiver other than the configured one."""
+        for want, got, field, what in ((self.options.receiving_application, h.receiving_application, 5, "application"),
+                                       (self.options.receiving_facility, h.receiving_facility, 6, "facility")):
+            if want is not None and not _same_hd(want, got, h.component_sep):
+                return (f"message addressed to receiving {what} {got or '(empty)'!r}, this listener is {want!r}",
+                        f"MSH^1^{field}")
+        return None
+
+
+def _same_hd(want: str, got: str, cs: str) -> bool:
+    """MSH-5/6 (HD) names the configured receiver: the whole field or its namespace id (HD-1).
+    The configured value is written with ^ between components, whatever the sender's separator."""
+    got = got.replace(cs, "^")
+    return got == want or got.split("^")[0] == want
+
+
+def _wanted(accept_ack_type: str, cls: str) -> bool:
+    """Does MSH-15 ask for a commit ACK with this outcome (A accepted, E error, R reject)?"""
+    if accept_ack_type == "NE":
+        return False
+    if accept_ack_type == "ER":
+        return cls != "A"
+    if accept_ack_type == "SU":
+        return cls == "A"
+    return True  # AL, or a value outside table 0155: answer always
