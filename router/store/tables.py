@@ -35,6 +35,7 @@ resources = sa.Table(
     sa.Column("content", sa.LargeBinary, nullable=False),
     sa.Index("ix_store_resources_patient", "patient_id", "resource_type"),
     sa.Index("ix_store_resources_updated", "resource_type", "last_updated"),
+    sa.Index("ix_store_resources_org", "resource_type", "org_id", "deleted"),  # access control by organisation
 )
 
 history = sa.Table(
