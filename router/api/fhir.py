@@ -80,7 +80,8 @@ from ..config.schema import ApiSettings
 from ..errors import (AccessError, ConflictError, ForbiddenError, GoneError, InputError, NotFoundError,
                       PermanentError, RouterError, TransientError, UnauthorizedError, ValidationError)
 from ..logging import get
-from ..store import access, audit
+from ..store import access, audit, search_params
+from ..store import search as store_search
 from ..store.principal import Principal
 from ..store.store import Store, Stored, compartment, instant
 from .auth import Authenticator
@@ -274,8 +275,7 @@ def search_catalogue() -> dict[str, list[dict[str, str]]]:
     router.store.search_params (the table the indexer and the search use): the types it
     describes, plus the other types access control knows (their identifiers, _id, _lastUpdated).
     Every other R4 type is served the same way but not listed."""
-    from ..store import search_params as sp  # at first use: lands beside this module
-
+    sp = search_params
     out = sp.catalogue()
     for rtype in (*access.DIRECTORY, *access.PATIENT_TYPES):
         if rtype not in out:
@@ -515,8 +515,6 @@ class FhirApi:
             assert call.principal is not None
             call.patient_id = _searched_patient(rtype, params, call.principal)
             access.read_condition(call.principal, rtype)  # 403 for a type the role may not read at all
-            from ..store import search as store_search  # at first use: lands beside this module
-
             with self.engine.begin() as conn:
                 # the callable: matches and _include'd resources each limited by the rule of their type
                 bundle = store_search.search(conn, rtype, params, principal=call.principal,
