@@ -38,11 +38,10 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def create_schema(engine: sa.Engine) -> None:
-    # import the modules that define tables so they are in the metadata
-    from . import journal  # noqa: F401
-    from .store import tables  # noqa: F401
+    """Bring the database to the latest schema revision (alembic migrations; see router.migrate)."""
+    from .migrate import upgrade
 
-    metadata.create_all(engine)
+    upgrade(engine)
 
 
 _PG_ARRAY = {sa.String: "text", sa.Text: "text", sa.Float: "float8", sa.Integer: "int8", sa.LargeBinary: "bytea",
