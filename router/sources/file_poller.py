@@ -41,17 +41,35 @@ class FilePoller:
             await asyncio.sleep(self.options.poll_interval)
 
     async def _one(self, path: Path) -> None:
+        """One file: a message, or an HL7 batch (FHS/BHS or several MSH) split into its messages.
+        All of a file's messages are enqueued or none is refused: a refused one sends the whole
+        file to error/; a transport failure leaves it for the next poll (resends are deduplicated)."""
         intake = self.context.intake
         try:
-            accepted = intake.prepare(path.read_bytes(), source=f"file:{path.name}", content_type=None)
+            raw = path.read_bytes()
+            messages = _split(raw)
+            accepted = [intake.prepare(m, source=f"file:{path.name}#{n + 1}" if len(messages) > 1
+                                       else f"file:{path.name}", content_type=None)
+                        for n, m in enumerate(messages)]
         except InputError as exc:
             path.replace(self.folder / self.options.error_dir / path.name)
             (self.folder / self.options.error_dir / f"{path.name}.reason").write_text(f"{type(exc).__name__}: {exc}\n")
             log.warning("file refused", file=path.name, error=type(exc).__name__)
             return
         try:
-            await intake.enqueue(accepted)
+            await asyncio.gather(*(intake.enqueue(a) for a in accepted))
         except TransportError as exc:
             log.warning("file not enqueued; will retry", file=path.name, error=str(exc)[:200])
             return
         path.replace(self.folder / self.options.done_dir / path.name)
+
+
+def _split(raw: bytes) -> list[bytes]:
+    """HL7 batch files and files of several messages -> their messages; anything else as it is."""
+    head = raw.lstrip(b"\xef\xbb\xbf\r\n ")
+    if head.startswith((b"FHS", b"BHS")) or (head.startswith(b"MSH") and head.count(b"MSH") > 1):
+        from ..formats.er7 import split_batch
+
+        parts = split_batch(raw)
+        return [p.encode("utf-8") if isinstance(p, str) else p for p in parts]
+    return [raw]
