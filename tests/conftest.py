@@ -55,7 +55,7 @@ def postgres_url() -> Iterator[str]:
     import sqlalchemy as sa
 
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(POSTGRES_URL)
+    engine = sa.create_engine(POSTGRES_URL, pool_pre_ping=True)  # survives a database restart in the test
     with engine.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in POSTGRES_URL else "?"
