@@ -592,6 +592,16 @@ def _check_cross(col: _Collector, settings: Settings, checked: list[_Checked]) -
         else:
             dlqs.setdefault(dlq, c.route.name)
 
+    # the FHIR API owns its base path on the HTTP server: an http source below it would never be reached
+    if settings.api.enabled:
+        base = settings.api.base_path.rstrip("/") or "/"
+        for c in checked:
+            path = getattr(c.source.options, "path", None) if c.source and c.source.spec.name == "http" else None
+            if isinstance(path, str) and (path == base or path.startswith(base + "/")):
+                col.add(("routes", c.index, "source", "path"), f"HTTP path {path} is inside the FHIR API's "
+                        f"base path {base}", "choose another path, or move the API (settings.api.base_path)",
+                        value=True)
+
     # What each source listens on: [(resource, share key)]. The same resource with the same share
     # key is one shared server (e.g. the HTTP port); a different or None share key is a conflict.
     # Routes whose sources claim exactly the same set are on one listener and split its messages

@@ -379,3 +379,13 @@ def test_a_hand_over_must_name_an_existing_route(tmp_path) -> None:
         load_config(f)
     assert [str(p) for p in err.value.problems] == [
         f"{f}:4:40: routes[0].destinations[0].route: no route 'secnd' to hand over to (did you mean 'second'?)"]
+
+
+def test_an_http_source_may_not_sit_under_the_fhir_api(tmp_path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text("routes:\n  - name: a\n    source: {type: http, path: /fhir/in}\n    destinations: [discard]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert [str(p) for p in err.value.problems] == [
+        f"{f}:3:32: routes[0].source.path: HTTP path /fhir/in is inside the FHIR API's base path /fhir "
+        "(choose another path, or move the API (settings.api.base_path))"]
