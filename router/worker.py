@@ -81,7 +81,7 @@ class BatchProcessor:
 
     def commit(self, items: list[tuple[Delivery, Outcome]]) -> None:
         try:
-            self._transaction(items)
+            self._transaction_retrying_clashes(items)
         except Exception as raw_exc:  # noqa: BLE001
             exc = classify_db_error(raw_exc)
             if is_transient(exc) or len(items) == 1:
@@ -95,6 +95,19 @@ class BatchProcessor:
             self.commit(items[mid:])
             return
         self.consumer.ack([d for d, _ in items])
+
+    def _transaction_retrying_clashes(self, items: list[tuple[Delivery, Outcome]], tries: int = 3) -> None:
+        """A unique-key clash usually means another worker wrote the same resource (or processed the
+        same resend) at the same moment: a fresh transaction plans against its writes and succeeds.
+        Only a clash that persists is treated as a failure."""
+        for attempt in range(tries):
+            try:
+                self._transaction(items)
+                return
+            except sa_exc.IntegrityError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
 
     def _transaction(self, items: list[tuple[Delivery, Outcome]]) -> None:
         r = self.route
