@@ -1,8 +1,10 @@
 """Versioned FHIR resources with identifier upserts and atomic transaction bundles.
 
 Every write goes through ``Store.transaction`` (a FHIR transaction Bundle) or the single-resource
-helpers it uses. Inside the caller's database transaction; a bundle is all-or-nothing (a
-SAVEPOINT when several bundles share one commit, see ``write_bundles``).
+helpers it uses. Inside the caller's database transaction; a bundle is all-or-nothing: it is
+planned in memory on its own overlay and merged only when every entry planned (router.store.writer);
+when several bundles share one commit (``write_bundles``) the first failing one raises and the
+caller's batch logic isolates it.
 
 Identity of a written resource, in order: a conditional URL (``Type?identifier=sys|val``) or
 ``ifNoneExist``; the resource's business identifiers (router.store.identity); the id it carries
