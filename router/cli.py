@@ -23,6 +23,7 @@ COMMANDS = {
     "audit": "audit",
     "apikey": "apikey",
     "send": "send",
+    "bench": "bench",
 }
 
 

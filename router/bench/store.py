@@ -1,0 +1,66 @@
+"""The record store on PostgreSQL (fresh schemas), reusing benchmarks/search.py and
+benchmarks/store_writes.py:
+
+* search    FHIR search latency p50/p95/max per query of search.py's mix (patient, patient+code,
+            code+date sorted, DiagnosticReport with _include) at N Observations bulk-loaded
+            (one Patient per 50 Observations, one DiagnosticReport per 5)
+* writes    transaction bundles (Patient + DiagnosticReport + 2 Observations) per second, one
+            bundle per commit and 50 per commit (as workers write)
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import sources
+
+
+def search(database_url: str, observations: int, queries: int, log: Callable[[str], None]) -> dict[str, Any]:
+    s = sources.bench_module("search")
+    patients = max(100, observations // 50)
+    schema = f"bench_search_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(database_url)
+    with admin.begin() as c:
+        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in database_url else "?"
+    from router.db import create_schema, make_engine
+
+    engine = make_engine(f"{database_url}{sep}options=-csearch_path%3D{schema}")
+    try:
+        create_schema(engine)
+        seconds, docs = s.load(engine, observations, patients)
+        log(f"  loaded {docs:,} resources ({observations:,} Observations) in {seconds:.1f} s")
+        res = s.measure(engine, patients, queries)
+        for name, r in res.items():
+            log(f"    {name:46} p50 {r['p50']:7.2f} ms  p95 {r['p95']:7.2f} ms  max {r['max']:7.1f} ms")
+    finally:
+        engine.dispose()
+        with admin.begin() as c:
+            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    return {"observations": observations, "patients": patients, "resources": docs, "load_s": seconds,
+            "queries_each": queries, "queries": {k: {"p50_ms": v["p50"], "p95_ms": v["p95"], "max_ms": v["max"],
+                                                     "entries": v["entries"]} for k, v in res.items()},
+            "p95_ms_worst": max(v["p95"] for v in res.values())}
+
+
+def writes(database_url: str, bundles: int, batch: int = 50) -> dict[str, Any]:
+    r = sources.bench_module("store_writes").run(database_url, bundles, batch)
+    return {"bundles": bundles, "resources_per_bundle": 4, "batch": batch,
+            "one_per_commit_s": r["one_per_commit"], "batched_s": r["batched"]}
+
+
+def run(database_url: str, *, sizes: list[int], queries: int, bundles: int,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    out: dict[str, Any] = {"search": {}, "writes": None}
+    for n in sizes:
+        log(f"store search at {n:,} Observations ({queries} queries of each kind)")
+        out["search"][str(n)] = search(database_url, n, queries, log)
+    log(f"store writes: {bundles} transaction bundles")
+    out["writes"] = writes(database_url, bundles)
+    w = out["writes"]
+    log(f"  one per commit {w['one_per_commit_s']:.0f} bundles/s, {w['batch']} per commit {w['batched_s']:.0f} bundles/s")
+    return out
