@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 OURS = ("ours (embedded)", "ours (RabbitMQ)")
+NOTES = "<!-- notes: written by hand; `router bench` keeps everything from this line on -->"
 
 
 def _f(x: Any, nd: int = 0) -> str:
@@ -132,6 +133,9 @@ def markdown(r: dict[str, Any], png: str | None, out_rel: str) -> str:
           f"- load average (1/5/15 min) at start {', '.join(f'{x:.2f}' for x in r['load_average_before'])}, at end "
           f"{', '.join(f'{x:.2f}' for x in r['load_average_after'])} — the machine is shared: other work ran beside "
           "the benchmark, and the load generator, servers, RabbitMQ and PostgreSQL all share these cores",
+          *(f"- {name}: started {v['started']}, load average {v['load_average_before'][0]:.2f} before, "
+            f"{v['load_average_after'][0]:.2f} after ({r['durations_s'][name] / 60:.1f} min)"
+            for name, v in r.get("section_runs", {}).items()),
           f"- Python {mach['python']}, PostgreSQL {mach['postgresql']}, RabbitMQ {mach['rabbitmq']}, Node.js {mach['node']}",
           "- packages: " + ", ".join(f"{k} {v}" for k, v in mach["packages"].items() if v),
           f"- router at commit {mach['git_commit']}" + (" with uncommitted changes in the work tree" if mach["git_tree_modified"] else ""),
@@ -139,7 +143,9 @@ def markdown(r: dict[str, Any], png: str | None, out_rel: str) -> str:
     L += ["## How it was run, and how to rerun it", "",
           "```", "make setup   # or: pip install -e '.[bench]'", "router bench                      # full run (about an hour): docs/benchmarks.md, docs/benchmarks/",
           "router bench --quick              # under a minute, into var/bench-quick(.md)",
-          "router bench --only parse,mllp    # some sections; --out DIR; --broker-url / --database-url", "```", "",
+          "router bench --only parse,mllp    # some sections; --out DIR; --broker-url / --database-url",
+          "router bench --resume             # after a run that stopped: keep its finished sections (checkpoint.json)",
+          "```", "",
           "RabbitMQ and PostgreSQL must be running (defaults: amqp://guest:guest@127.0.0.1:5672/%2F and "
           "postgresql+psycopg://root@127.0.0.1:5432/test); every run uses a fresh queue namespace and fresh PostgreSQL "
           "schemas and removes them. The engine runs as the real CLI (`router run --no-workers` for the listener, "
@@ -248,5 +254,10 @@ def write(r: dict[str, Any], out: Path) -> dict[str, Path]:
         r["plot_skipped"] = why
     js.write_text(json.dumps(r, indent=1, ensure_ascii=False, default=str) + "\n")
     md = out.parent / f"{out.name}.md"
-    md.write_text(markdown(r, r["plot"], out.name))
+    notes = ""
+    if md.exists():  # hand-written analysis below the marker survives a rerun
+        old = md.read_text()
+        if NOTES in old:
+            notes = "\n" + old[old.index(NOTES):]
+    md.write_text(markdown(r, r["plot"], out.name) + notes)
     return {"json": js, "markdown": md, **({"png": png} if why is None else {})}

@@ -2,6 +2,7 @@
 processes), and returns one dict: machine, how it was run, and a section per measurement."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from . import peers, sources
@@ -99,7 +101,10 @@ def machine(broker_url: str, database_url: str) -> dict[str, Any]:
     }
 
 
-def run(p: Plan, broker_url: str, database_url: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(p: Plan, broker_url: str, database_url: str, log: Callable[[str], None] = print,
+        checkpoint: Path | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The measurements of the plan. After each section the results so far are written to
+    `checkpoint`; `resume` (such a file's contents, same plan) supplies the sections it holds."""
     from . import end_to_end, mllp_ingest, parse_map, store
 
     t0 = time.monotonic()
@@ -107,33 +112,49 @@ def run(p: Plan, broker_url: str, database_url: str, log: Callable[[str], None] 
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "router bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "router bench",
         "plan": asdict(p), "load_average_before": list(os.getloadavg()), "sections": {}, "durations_s": {},
+        "section_runs": {},
     }
-    if "parse" in p.only:
+    if resume:
+        if resume.get("plan") != out["plan"]:
+            raise RuntimeError("--resume: the checkpoint was written by another plan (--quick/--only differ)")
+        for k in ("started", "load_average_before"):
+            out[k] = resume[k]
+        for k in ("sections", "durations_s", "section_runs"):
+            out[k].update(resume.get(k, {}))
+
+    def section(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name not in p.only:
+            return
+        if name in out["sections"]:
+            log(f"{name}: taken from the checkpoint (run {out['section_runs'][name]['started']})")
+            return
+        t, started, la = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z"), list(os.getloadavg())
+        out["sections"][name] = fn()
+        out["durations_s"][name] = time.monotonic() - t
+        out["section_runs"][name] = {"started": started, "load_average_before": la,
+                                     "load_average_after": list(os.getloadavg())}
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text(json.dumps(out, default=str))
+
+    def parse() -> dict[str, Any]:
         log("parse + map in process (one core)")
-        t = time.monotonic()
         r = parse_map.run(p.parse_seconds)
-        for kind, v in r["payloads"].items():
+        for v in r["payloads"].values():
             log(f"  {v['label']:34} " + "  ".join(f"{k} {x:,.0f}/s" for k, x in v["msg_s"].items()))
-        out["sections"]["parse"] = r
-        out["durations_s"]["parse"] = time.monotonic() - t
-    if "mllp" in p.only:
-        t = time.monotonic()
-        out["sections"]["mllp"] = mllp_ingest.run(broker_url, database_url, connections=p.mllp_connections,
-                                                  seconds=p.mllp_seconds, open_rate=p.open_rate,
-                                                  open_seconds=p.open_seconds, log=log)
-        out["durations_s"]["mllp"] = time.monotonic() - t
-    if "e2e" in p.only:
-        t = time.monotonic()
-        out["sections"]["e2e"] = end_to_end.run(broker_url, database_url, workers=p.e2e_workers,
-                                                seconds=p.e2e_seconds, warmup=p.e2e_warmup, log=log)
-        out["durations_s"]["e2e"] = time.monotonic() - t
-    if "store" in p.only:
-        t = time.monotonic()
-        out["sections"]["store"] = store.run(database_url, sizes=p.search_sizes, queries=p.search_queries,
-                                             bundles=p.write_bundles, log=log)
-        out["durations_s"]["store"] = time.monotonic() - t
+        return r
+
+    section("parse", parse)
+    section("mllp", lambda: mllp_ingest.run(broker_url, database_url, connections=p.mllp_connections,
+                                            seconds=p.mllp_seconds, open_rate=p.open_rate,
+                                            open_seconds=p.open_seconds, log=log))
+    section("e2e", lambda: end_to_end.run(broker_url, database_url, workers=p.e2e_workers, seconds=p.e2e_seconds,
+                                          warmup=p.e2e_warmup, log=log))
+    section("store", lambda: store.run(database_url, sizes=p.search_sizes, queries=p.search_queries,
+                                       bundles=p.write_bundles, log=log))
     out["load_average_after"] = list(os.getloadavg())
-    out["total_s"] = time.monotonic() - t0
+    out["total_s"] = sum(out["durations_s"].values())
+    out["wall_s"] = time.monotonic() - t0
     out["machine"] = machine(broker_url, database_url)
     if "e2e" in out["sections"]:
         e = out["sections"]["e2e"]["ours"]

@@ -2,6 +2,7 @@
 markdown report and a PNG plot. Needs RabbitMQ and PostgreSQL; see docs/benchmarks.md."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -20,7 +21,10 @@ DEFAULT_DB = "postgresql+psycopg://root@127.0.0.1:5432/test"
 @click.option("--broker-url", default=DEFAULT_BROKER, show_default=True, help="RabbitMQ used by the runs")
 @click.option("--database-url", default=DEFAULT_DB, show_default=True,
               help="PostgreSQL used by the runs (fresh schemas, dropped afterwards)")
-def command(quick: bool, out: str | None, only: str, broker_url: str, database_url: str) -> None:
+@click.option("--resume", is_flag=True,
+              help="take the sections already measured from <out>/checkpoint.json (left by a run that stopped) "
+                   "and run only the others")
+def command(quick: bool, out: str | None, only: str, broker_url: str, database_url: str, resume: bool) -> None:
     """Measure parse+map, MLLP ingest, end to end, the store and memory; write the report."""
     from ..bench import report, runner
 
@@ -31,8 +35,16 @@ def command(quick: bool, out: str | None, only: str, broker_url: str, database_u
                                  f"choose from {', '.join(runner.SECTIONS)}", param_hint="--only")
     folder = Path(out or ("var/bench-quick" if quick else "docs/benchmarks"))
     plan = runner.plan(quick, sections)
-    result = runner.run(plan, broker_url, database_url, log=lambda m: click.echo(m))
+    checkpoint = folder / "checkpoint.json"
+    previous = None
+    if resume:
+        if not checkpoint.is_file():
+            raise click.UsageError(f"--resume: {checkpoint} not found")
+        previous = json.loads(checkpoint.read_text())
+    result = runner.run(plan, broker_url, database_url, log=lambda m: click.echo(m), checkpoint=checkpoint,
+                        resume=previous)
     files = report.write(result, folder)
+    checkpoint.unlink(missing_ok=True)
     click.echo("\ntargets:")
     for t in result["targets"]:
         met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
