@@ -14,35 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
-# the ORU^R01 of benchmarks/mapping.py, copied (not imported: that module compiles mappings)
-MESSAGE = (
-    "MSH|^~\\&|LIS|CITYLAB|EHR|HOSP|20240501103000+0300||ORU^R01^ORU_R01|BENCH0001|P|2.5.1\r"
-    "PID|1||11223344595^^^&1.2.643.100.3&ISO^SNILS~MRN123^^^HOSP^MR||Иванов^Иван^Иванович||19800501|M|||"
-    "ул. Ленина 1^^Москва^^101000^RU||^PRN^PH^^^495^1234567\r"
-    "PV1|1|O|LAB^^^CITYLAB\r"
-    "ORC|RE|PL123^EHR|FL456^LIS\r"
-    "OBR|1|PL123^EHR|FL456^LIS|24323-8^Comprehensive metabolic panel^LN|||20240501090000|||||||||||||||"
-    "20240501100000|||F\r"
-    "OBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L^mmol/L^UCUM|3.9-6.1|N|||F|||20240501093000\r"
-    "OBX|2|NM|2160-0^Creatinine^LN||88|umol/L^umol/L^UCUM|62-106|N|||F|||20240501093000\r"
-    "OBX|3|NM|3094-0^Urea nitrogen^LN||6.1|mmol/L^mmol/L^UCUM|2.5-8.3|N|||F|||20240501093000\r"
-    "OBX|4|NM|2951-2^Sodium^LN||149|mmol/L^mmol/L^UCUM|136-145|H|||F|||20240501093000\r"
-    "NTE|1||Repeat sodium advised\r"
-    "SPM|1|SP789^LIS||SER^Serum^HL70487|||||||||||||20240501085000\r")
-
-
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    n, start = 0, time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(50):
-            fn()
-        n += 50
-        now = time.perf_counter()
-        if now >= deadline:
-            return n / (now - start)
+from mapping import MESSAGE, rate  # the same 11-segment ORU^R01 and timing loop (benchmarks/mapping.py)
 
 
 def main() -> None:

@@ -398,21 +398,22 @@ def replace_generated(text: str, generated: str) -> str:
     return text[:start + len(BEGIN)] + "\n" + generated.rstrip("\n") + "\n" + text[end:]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router.config.reference",
-                                     description="Generate the routes.yaml reference from the code.")
+def docs_main(argv: list[str] | None, *, prog: str, description: str, markdown_fn: Any, docs_file: Path,
+              regenerate: str) -> int:
+    """The `--write` / `--check` command line shared by the generated references."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--write", action="store_true", help="update the generated part of the docs file")
     parser.add_argument("--check", action="store_true", help="exit 1 when the docs file is out of date")
-    parser.add_argument("--file", type=Path, default=DOCS_FILE, help=f"docs file (default {DOCS_FILE})")
+    parser.add_argument("--file", type=Path, default=docs_file, help=f"docs file (default {docs_file})")
     args = parser.parse_args(argv)
-    generated = markdown()
+    generated = markdown_fn()
     if not (args.write or args.check):
         sys.stdout.write(generated)
         return 0
     text = args.file.read_text(encoding="utf-8")
     if args.check:
         if generated_part(text) != generated:
-            print(f"{args.file}: the generated reference is out of date; run: {REGENERATE}", file=sys.stderr)
+            print(f"{args.file}: the generated reference is out of date; run: {regenerate}", file=sys.stderr)
             return 1
         print(f"{args.file}: up to date")
         return 0
@@ -423,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{args.file}: already up to date")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return docs_main(argv, prog="python -m router.config.reference", description="Generate the routes.yaml "
+                     "reference from the code.", markdown_fn=markdown, docs_file=DOCS_FILE, regenerate=REGENERATE)
 
 
 if __name__ == "__main__":

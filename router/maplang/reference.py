@@ -37,7 +37,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ..config.reference import _cell, _code, constraints, default_text, generated_part, replace_generated, type_name
+from ..config.reference import _cell, _code, constraints, default_text, docs_main, generated_part, type_name
+
+__all__ = ["generated_part", "main", "markdown"]
 from ..filters import AllOf, AnyOf, Condition, NotOf
 from .codesystems import DEFAULT_SYSTEMS
 from .compiler import FieldSpec, MappingSpec, ResourceSpec
@@ -254,30 +256,8 @@ def markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router.maplang.reference",
-                                     description="Generate the mapping-language reference from the code.")
-    parser.add_argument("--write", action="store_true", help="update the generated part of the docs file")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the docs file is out of date")
-    parser.add_argument("--file", type=Path, default=DOCS_FILE, help=f"docs file (default {DOCS_FILE})")
-    args = parser.parse_args(argv)
-    generated = markdown()
-    if not (args.write or args.check):
-        sys.stdout.write(generated)
-        return 0
-    text = args.file.read_text(encoding="utf-8")
-    if args.check:
-        if generated_part(text) != generated:
-            print(f"{args.file}: the generated reference is out of date; run: {REGENERATE}", file=sys.stderr)
-            return 1
-        print(f"{args.file}: up to date")
-        return 0
-    new = replace_generated(text, generated)
-    if new != text:
-        args.file.write_text(new, encoding="utf-8")
-        print(f"{args.file}: updated")
-    else:
-        print(f"{args.file}: already up to date")
-    return 0
+    return docs_main(argv, prog="python -m router.maplang.reference", description="Generate the mapping-language "
+                     "reference from the code.", markdown_fn=markdown, docs_file=DOCS_FILE, regenerate=REGENERATE)
 
 
 if __name__ == "__main__":
