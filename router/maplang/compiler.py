@@ -29,6 +29,7 @@ Per message the work is plain closures over the split message.
 from __future__ import annotations
 
 import hashlib
+import keyword
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,20 +45,27 @@ from ..filters import Node, compile_condition
 from ..registry import did_you_mean
 from . import fhirdefs
 from .conceptmap import ConceptMap, load_concept_map
-from .hl7 import V
+from .hl7 import V, unescape
 from .inputs import Hl7Input, getter, make_input
+from .paths import Hl7Path, Scope as Hl7Scope, _resolve
 
 NAMESPACE = uuid.UUID("6f0d3a52-1c3b-5e7a-9d0e-2b8f3c4a5d6e")  # of the ids this engine derives
 _NS = NAMESPACE.bytes
 
 
+try:  # CPython's own SHA-1: no OpenSSL context per call (uuid5 is not a security use)
+    from _sha1 import sha1 as _sha1
+except ImportError:  # pragma: no cover - a build without it
+    _sha1 = hashlib.sha1
+# the first hex digit of the clock_seq byte with the RFC 4122 variant (binary 10xx) set
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def uuid5(name: str) -> str:
-    """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects (measured 5x faster)."""
-    h = bytearray(hashlib.sha1(_NS + name.encode()).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects: the SHA-1 hex digest with
+    the version digit (5) and the variant bits set in place."""
+    x = _sha1(_NS + name.encode()).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 class FieldSpec(BaseModel):
@@ -117,6 +125,31 @@ Scope = Any  # the input's scope type (paths.Scope for HL7, a node for XML/JSON)
 
 
 @dataclass
+class _Conv:
+    """How a source value becomes a FHIR value (kept for generating the HL7 code)."""
+
+    kind: str  # "fn" | "map" | "str"
+    fn: Callable[..., Any] | None = None
+    const_args: dict[str, Any] = field(default_factory=dict)
+    path_args: dict[str, Any] = field(default_factory=dict)
+    table: dict[str, Any] | None = None
+
+
+@dataclass
+class _Source:
+    """Where a field's values come from (kept for generating the HL7 code)."""
+
+    kind: str  # "from" | "const" | "ref" | "refs"
+    paths: list[Any] = field(default_factory=list)
+    conv: _Conv | None = None
+    const: Any = None
+    key: str = ""
+    default: Any = None
+    required: bool = False
+    message: str = ""  # the MappingError of an empty required value
+
+
+@dataclass
 class _Field:
     target: str
     parts: list[tuple[str, int | None]]
@@ -124,6 +157,7 @@ class _Field:
     choice: bool
     compute: Callable[[Scope, Any, "_Run"], list[Any]]
     when: Callable[[Callable[[str], Any]], bool] | None
+    source: _Source | None = None
 
 
 @dataclass
@@ -135,14 +169,18 @@ class _Rule:
     when: Callable[[Callable[[str], Any]], bool] | None
     id_paths: list[Any]
     fields: list[_Field]
+    # HL7 input: the rule compiled to Python (see _Hl7Codegen)
+    make: Callable[..., list[_Instance]] | None = None
+    build: Callable[..., None] | None = None
+    source: str = ""
 
 
-@dataclass
 class _Instance:
-    rule: _Rule
-    scope: Scope
-    id: str
-    resource: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("rule", "scope", "id", "ref", "rows")
+
+    def __init__(self, rule: _Rule, scope: Scope, id: str, rows: tuple[Any, ...] = ()) -> None:  # noqa: A002
+        self.rule, self.scope, self.id, self.rows = rule, scope, id, rows
+        self.ref = f"{rule.rtype}/{id}"  # what references to it say
 
 
 class _Run:
@@ -215,6 +253,9 @@ class _Compiler:
             self.add(("resources",), f"duplicate key {dup!r}")
         if self.problems:
             raise ConfigError(self.problems)
+        if isinstance(self.inp, Hl7Input):
+            for rule in rules:
+                _Hl7Codegen(rule, self.inp).compile()
         unmapped = self.options.unmapped or spec.unmapped or "error"
         return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp)
 
@@ -252,14 +293,17 @@ class _Compiler:
                 self.add(fw, checked, value=False)  # at the target (the key)
                 continue
             parts, is_list, choice = checked
-            compute = self._compute(fw, fs, keys)
-            if compute is None:
+            made = self._compute(fw, fs, keys)
+            if made is None:
                 continue
-            fields.append(_Field(tgt, parts, is_list, choice, compute, self._condition((*fw, "when"), fs.when)))
+            compute, source = made
+            fields.append(_Field(tgt, parts, is_list, choice, compute, self._condition((*fw, "when"), fs.when),
+                                 source))
         return _Rule(r.key, r.resource, r.for_each, r.with_, self._condition((*where, "when"), r.when), id_paths,
                      fields)
 
-    def _compute(self, fw: tuple[Any, ...], fs: FieldSpec, keys: list[str]) -> Callable[..., list[Any]] | None:
+    def _compute(self, fw: tuple[Any, ...], fs: FieldSpec,
+                 keys: list[str]) -> tuple[Callable[..., list[Any]], _Source] | None:
         sources = [x for x in ("from_", "const", "ref", "refs") if getattr(fs, x) is not None]
         if len(sources) != 1:
             self.add(fw, "a field needs exactly one of from, const, ref, refs")
@@ -272,17 +316,18 @@ class _Compiler:
                          did_you_mean(key, keys))
                 return None
             if fs.ref:
-                return lambda scope, ctx, run: [x] if (x := run.ref(key, scope)) else []
-            return lambda scope, ctx, run: run.refs(key, scope)
+                return (lambda scope, ctx, run: [x] if (x := run.ref(key, scope)) else []), _Source("ref", key=key)
+            return (lambda scope, ctx, run: run.refs(key, scope)), _Source("refs", key=key)
         if fs.const is not None:
             const = fs.const
-            return lambda scope, ctx, run: [const]
+            return (lambda scope, ctx, run: [const]), _Source("const", const=const)
         texts = fs.from_ if isinstance(fs.from_, list) else [fs.from_ or ""]
         paths = [self._paths((*fw, "from", k) if isinstance(fs.from_, list) else (*fw, "from"), t)
                  for k, t in enumerate(texts)]
-        convert = self._converter(fw, fs)
-        if convert is None or not all(paths) or not paths:
+        converter = self._converter(fw, fs)
+        if converter is None or not all(paths) or not paths:
             return None
+        convert, conv = converter
         default, required, target = fs.default, fs.required, fw[-1]
         shown = " or ".join(texts)
         resolve = self.inp.resolve
@@ -302,17 +347,18 @@ class _Compiler:
                 if required:
                     raise MappingError(f"{target}: required value {shown} is empty")
             return out
-        return compute
+        return compute, _Source("from", paths, conv, default=default, required=required,
+                                message=f"{target}: required value {shown} is empty")
 
-    def _converter(self, fw: tuple[Any, ...], fs: FieldSpec) -> Callable[[V, Scope, Any], Any] | None:
+    def _converter(self, fw: tuple[Any, ...], fs: FieldSpec) -> tuple[Callable[[V, Scope, Any], Any], _Conv] | None:
         if fs.map is not None and fs.fn is not None:
             self.add(fw, "use either map or fn, not both")
             return None
         if fs.map is not None:
             table = {str(k): v for k, v in fs.map.items()}
-            return lambda v, scope, ctx: table.get(str(v))
+            return (lambda v, scope, ctx: table.get(str(v))), _Conv("map", table=table)
         if fs.fn is None:
-            return lambda v, scope, ctx: str(v)
+            return (lambda v, scope, ctx: str(v)), _Conv("str")
         spec = self.functions.get(fs.fn)
         if spec is None:
             self.add((*fw, "fn"), f"unknown function {fs.fn!r}", did_you_mean(fs.fn, self.functions))
@@ -338,10 +384,11 @@ class _Compiler:
             if name == "concept_map" and val not in self.concept_maps:
                 self.add((*fw, "args", name), f"no concept map named {val!r}",
                          did_you_mean(str(val), self.concept_maps) or "declare it under concept_maps")
+        conv = _Conv("fn", fn, const_args, path_args)
         if not path_args:
             if const_args:
-                return lambda v, scope, ctx: fn(v, ctx, **const_args)
-            return lambda v, scope, ctx: fn(v, ctx)
+                return (lambda v, scope, ctx: fn(v, ctx, **const_args)), conv
+            return (lambda v, scope, ctx: fn(v, ctx)), conv
 
         resolve = self.inp.resolve
 
@@ -351,7 +398,7 @@ class _Compiler:
                 vals = resolve(p, scope)
                 kw[name] = vals[0] if vals else None
             return fn(v, ctx, **kw)
-        return call
+        return call, conv
 
 
 class _Mapping:
@@ -362,8 +409,10 @@ class _Mapping:
         self.name, self.rules, self.maps, self.timezone, self.unmapped = name, rules, maps, timezone, unmapped
         self.inp = inp
         from .codesystems import CodeSystems
+        from .functions import FnContext
 
         self.codesystems = CodeSystems()
+        self.fn_context = FnContext
 
     def _lookup(self, name: str, system: str | None, code: str) -> tuple[str, str, str] | None:
         cm = self.maps.get(name)
@@ -371,16 +420,24 @@ class _Mapping:
 
     def __call__(self, envelope: Envelope) -> MappingResult:
         top, seed = self.inp.root(envelope.raw)
-        return self._run(top, seed or envelope.id)
+        return self._map(top, seed or envelope.id)
 
     def run(self, text: str) -> MappingResult:
         """Map a message given as text (tests, dry runs)."""
         if isinstance(self.inp, Hl7Input):
-            return self._run(*self.inp.root_text(text))
+            return self._map(*self.inp.root_text(text))
         top, seed = self.inp.root(text.encode())
+        return self._map(top, seed)
+
+    def _map(self, top: Any, seed: str) -> MappingResult:
+        """HL7 v2 through the rules' generated code (_run_hl7); XML and JSON through the closures."""
+        if self.rules and self.rules[0].build is not None:
+            return self._run_hl7(top, seed)
         return self._run(top, seed)
 
     def _run(self, top: Any, seed: str) -> MappingResult:
+        """The mapping through the fields' compute closures (any input; the reference _run_hl7
+        is tested against)."""
         from .functions import FnContext
 
         inp = self.inp
@@ -416,6 +473,25 @@ class _Mapping:
                                 "request": {"method": "PUT", "url": f"{rule.rtype}/{inst.id}"}})
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         return MappingResult(bundle, ctx.warnings, trace)
+
+    def _run_hl7(self, top: Any, seed: str) -> MappingResult:
+        """_run for HL7 input, through each rule's generated make() and build() (the same work in
+        the same order, so the same warnings and the same first error)."""
+        ctx = self.fn_context(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
+                              unmapped=self.unmapped, warnings=[])
+        inp = self.inp
+        enc = top.msg.enc
+        instances: dict[str, list[_Instance]] = {}
+        trace: list[str] = []
+        paths: dict[str, Any] = {}
+        for rule in self.rules:  # pass 1: which resources exist, and their ids
+            scopes = inp.iterate(top, rule.for_each, rule.with_) if rule.for_each else [top]
+            made = instances[rule.key] = rule.make(scopes, seed, enc, paths, trace)
+            trace.append(f"{rule.key}: {len(made)} {rule.rtype}")
+        entries: list[dict[str, Any]] = []
+        for rule in self.rules:  # pass 2: fields
+            rule.build(instances[rule.key], ctx, instances, paths, entries, enc)
+        return MappingResult({"resourceType": "Bundle", "type": "transaction", "entry": entries}, ctx.warnings, trace)
 
     def _id(self, rule: _Rule, scope: Scope, seed: str, n: int) -> str:
         if rule.id_paths:
@@ -462,6 +538,374 @@ def _assign(res: dict[str, Any], f: _Field, values: list[Any]) -> None:
         cur.setdefault(name, []).extend(flat)
     else:
         cur[name] = values[0]
+
+
+# --------------------------------------------------------------------------------------------
+# HL7 input: each rule compiled to Python source at load (make: pass 1, build: pass 2) and exec'd
+# --------------------------------------------------------------------------------------------
+
+def _ref_hl7(insts: list[_Instance], scope: Hl7Scope) -> dict[str, str] | None:
+    """_Run.ref for HL7 scopes: the innermost instance whose group holds our anchor, else the first."""
+    levels = scope.levels
+    a = levels[-1].start if levels else None
+    best, depth = None, -1
+    for inst in insts:
+        lv = inst.scope.levels
+        if lv:
+            last = lv[-1]
+            if a is None or not last.start <= a < last.end:
+                continue
+        if best is None or len(lv) > depth:
+            best, depth = inst, len(lv)
+    if best is None:
+        if not insts:
+            return None
+        best = insts[0]
+    return {"reference": best.ref}
+
+
+def _refs_hl7(insts: list[_Instance], scope: Hl7Scope) -> list[dict[str, str]]:
+    """_Run.refs for HL7 scopes: every instance anchored within our innermost group."""
+    levels = scope.levels
+    if not levels:
+        return [{"reference": i.ref} for i in insts]
+    lv = levels[-1]
+    start, end = lv.start, lv.end
+    out = []
+    for i in insts:
+        il = i.scope.levels
+        if il and start <= il[-1].start < end:
+            out.append({"reference": i.ref})
+    return out
+
+
+def _single(p: Hl7Path) -> bool:
+    """At most one value: no [*] (PID-3, PID-3[2].1, OBX[2]-5)."""
+    return p.seg_occ != 0 and p.rep != 0
+
+
+def _separators(p: Hl7Path) -> bool:
+    """MSH-1 and MSH-2 hold the separators: never split into repetitions."""
+    return p.segment == "MSH" and p.field in (1, 2)
+
+
+class _Hl7Codegen:
+    """Writes a rule as Python source (kept in rule.source, for reading and debugging):
+
+    * make(scopes, seed, enc, pcache, trace) -> [_Instance]: pass 1 of _Mapping._run for the rule
+      (its `when`, the ids of _Mapping._id)
+    * build(made, ctx, insts, pcache, entries, enc): pass 2, the fields of each instance in order
+      (what the fields' compute closures and _assign do), appending the Bundle entries
+
+    A path without [n] is read inline: make fetches, once per instance, the fields of the first
+    segment of each kind the rule reads (Scope.first, padded with "" so an absent field is ""),
+    and the code cuts the repetition, component and subcomponent out of the field text, making a
+    V only for a function that takes one; NTE[*]-3 loops over Scope.segments; other paths go
+    through paths._resolve. Constants, functions and paths are globals of the code's namespace."""
+
+    def __init__(self, rule: _Rule, inp: Hl7Input) -> None:
+        self.rule = rule
+        self.ns: dict[str, Any] = {
+            "V": V, "unescape": unescape, "uuid5": uuid5, "MappingError": MappingError, "getter": getter,
+            "_assign": _assign, "_resolve": _resolve, "_ref": _ref_hl7, "_refs": _refs_hl7, "INP": inp,
+            "Instance": _Instance, "RULE": rule}
+        self.rows: dict[str, int] = {}  # segment name -> row variable number
+        self.width: dict[str, int] = {}  # segment name -> highest field read
+        self.refs: dict[str, int] = {}  # key -> variable number of its instances
+        self.out: list[str] = []
+
+    def k(self, obj: Any) -> str:
+        """A global name holding obj."""
+        name = f"K{len(self.ns)}"
+        self.ns[name] = obj
+        return name
+
+    def emit(self, ind: int, line: str) -> None:
+        self.out.append("    " * ind + line)
+
+    def row(self, name: str, fld: int) -> str:
+        """The variable holding the (padded) fields of the first `name` segment in scope."""
+        i = self.rows.setdefault(name, len(self.rows))
+        self.width[name] = max(self.width.get(name, 0), fld)
+        return f"F{i}"
+
+    @staticmethod
+    def present(var: str) -> str:
+        return f"{var} and {var} != '\"\"'"
+
+    @staticmethod
+    def text(var: str) -> str:
+        return f"({var} if ES not in {var} else unescape({var}, enc))"
+
+    def cut(self, ind: int, var: str, sep: str, n: int) -> None:
+        """var = part n (1-based) of var split on sep ("" when absent), as V.c does."""
+        e = self.emit
+        if n == 1:
+            e(ind, f"if {sep} in {var}:")
+            e(ind + 1, f"{var} = {var}[:{var}.index({sep})]")
+        else:
+            e(ind, f"if {sep} in {var}:")
+            e(ind + 1, f"_p = {var}.split({sep})")
+            e(ind + 1, f'{var} = _p[{n - 1}] if len(_p) >= {n} else ""')
+            e(ind, "else:")
+            e(ind + 1, f'{var} = ""')
+
+    def parts(self, ind: int, p: Hl7Path, var: str) -> int:
+        """Cut component and subcomponent out of one repetition in var; returns the V level."""
+        if p.comp is None:
+            return 0
+        self.cut(ind, var, "CS", p.comp)
+        if p.sub is None:
+            return 1
+        self.cut(ind, var, "SS", p.sub)
+        return 2
+
+    def field_text(self, ind: int, p: Hl7Path, var: str) -> None:
+        """Code setting var to the whole field (all repetitions) of p's segment ("" when absent);
+        the first segment of its kind in scope, or the n-th for SEG[n]-."""
+        if p.seg_occ is None:
+            self.emit(ind, f"{var} = {self.row(p.segment, p.field)}[{p.field}]")
+            return
+        n = p.seg_occ
+        self.emit(ind, f"_ss = sc.segments({p.segment!r})")
+        self.emit(ind, f"_f = _ss[{n - 1}].fields if len(_ss) >= {n} else ()")
+        self.emit(ind, f'{var} = _f[{p.field}] if len(_f) > {p.field} else ""')
+
+    def raw(self, ind: int, p: Hl7Path, var: str) -> int:
+        """Code setting var to the encoded text of single-valued path p ("" when absent); returns
+        its V level (0 field, 1 component, 2 subcomponent)."""
+        self.field_text(ind, p, var)
+        rep = p.rep or 1
+        if _separators(p):  # one repetition, not split
+            if rep != 1:
+                self.emit(ind, f'{var} = ""')
+                return 0
+            if p.comp is None:
+                return 0
+            self.emit(ind, f"if {var}:")
+            return self.parts(ind + 1, p, var)
+        self.emit(ind, f"if {var}:")
+        self.cut(ind + 1, var, "RS", rep)
+        return self.parts(ind + 1, p, var)
+
+    def each(self, ind: int, p: Hl7Path, body: Callable[[int, str | None, int], None]) -> None:
+        """Code running body(ind, raw variable, level) for each present value at p (body(ind,
+        None, 0) with the V in `v` for paths read through _resolve)."""
+        e = self.emit
+        if _single(p):
+            level = self.raw(ind, p, "r")
+            e(ind, f"if {self.present('r')}:")
+            body(ind + 1, "r", level)
+            return
+        if p.seg_occ != 0:  # PID-3[*]: every repetition of one segment's field
+            self.field_text(ind, p, "r")
+            e(ind, "for r in (r,):" if _separators(p) else "for r in r.split(RS):")
+        else:  # NTE[*]-3: every segment in scope
+            e(ind, f"for _s in sc.segments({p.segment!r}):")
+            e(ind + 1, "_f = _s.fields")
+            e(ind + 1, f'r = _f[{p.field}] if len(_f) > {p.field} else ""')
+            if p.rep != 0:
+                if _separators(p):
+                    if (p.rep or 1) != 1:
+                        e(ind + 1, 'r = ""')
+                else:
+                    e(ind + 1, "if r:")
+                    self.cut(ind + 2, "r", "RS", p.rep or 1)
+            else:
+                ind += 1
+                e(ind, "for r in (r,):" if _separators(p) else "for r in r.split(RS):")
+        level = self.parts(ind + 1, p, "r")
+        e(ind + 1, f"if {self.present('r')}:")
+        body(ind + 2, "r", level)
+
+    def value_arg(self, ind: int, p: Hl7Path, var: str) -> None:
+        """Code setting var to the first V at p, or None."""
+        if _single(p):
+            level = self.raw(ind, p, "q")
+            self.emit(ind, f"{var} = V(q, enc, {level}) if {self.present('q')} else None")
+        else:
+            self.emit(ind, f"_vs = _resolve({self.k(p)}, sc)")
+            self.emit(ind, f"{var} = _vs[0] if _vs else None")
+
+    def convert(self, ind: int, conv: _Conv, raw: str | None, level: int) -> None:
+        """Code setting x to the converted value of the text in `raw`, or (raw None) of the V in v."""
+        e = self.emit
+        if conv.kind == "str":
+            e(ind, f"x = {self.text(raw)}" if raw else "x = str(v)")
+            return
+        if conv.kind == "map":
+            e(ind, f"x = {self.k(conv.table)}.get({self.text(raw) if raw else 'str(v)'})")
+            return
+        if raw:
+            e(ind, f"v = V({raw}, enc, {level})")
+        kws = [(name, self.k(val)) for name, val in conv.const_args.items()]
+        for j, (name, p) in enumerate(conv.path_args.items()):
+            self.value_arg(ind, p, f"a{j}")
+            kws.append((name, f"a{j}"))
+        if all(name.isidentifier() and not keyword.iskeyword(name) for name, _ in kws):
+            args = "".join(f", {name}={val}" for name, val in kws)
+        else:
+            args = ", **{" + ", ".join(f"{name!r}: {val}" for name, val in kws) + "}"
+        e(ind, f"x = {self.k(conv.fn)}(v, ctx{args})")
+
+    def assign(self, ind: int, f: _Field, x: str, many: bool) -> None:
+        """_assign(res, f, values): values is [x] (many False) or the non-empty list x."""
+        e = self.emit
+        if len(f.parts) != 1 or f.parts[0][1] is not None:  # nested or indexed target
+            e(ind, f"_assign(res, {self.k(f)}, {x if many else f'[{x}]'})")
+            return
+        name = repr(f.parts[0][0])
+        if f.choice:  # value[x]: the function returns {"valueQuantity": {...}}
+            first = f"{x}[0]" if many else x
+            e(ind, f"if isinstance({first}, dict):")
+            e(ind + 1, f"res.update({first})")
+        elif f.is_list:
+            if many:
+                e(ind, f"_l = res.setdefault({name}, [])")
+                e(ind, f"for y in {x}:")
+                e(ind + 1, "if isinstance(y, list):")
+                e(ind + 2, "_l.extend(y)")
+                e(ind + 1, "else:")
+                e(ind + 2, "_l.append(y)")
+            else:
+                e(ind, f"if isinstance({x}, list):")
+                e(ind + 1, f"res.setdefault({name}, []).extend({x})")
+                e(ind, "else:")
+                e(ind + 1, f"res.setdefault({name}, []).append({x})")
+        else:
+            e(ind, f"res[{name}] = {x}[0]" if many else f"res[{name}] = {x}")
+
+    def field(self, ind: int, f: _Field) -> None:
+        src = f.source
+        assert src is not None
+        e = self.emit
+        e(ind, f"# {f.target}")
+        if f.when is not None:
+            e(ind, f"if {self.k(f.when)}(getter(INP, sc, pcache)):")
+            ind += 1
+        if src.kind == "const":
+            const = src.const
+            if len(f.parts) == 1 and f.parts[0][1] is None and not f.choice:  # decided now, not per message
+                name = repr(f.parts[0][0])
+                if not f.is_list:
+                    e(ind, f"res[{name}] = {self.k(const)}")
+                elif isinstance(const, list):
+                    e(ind, f"res.setdefault({name}, []).extend({self.k(const)})")
+                else:
+                    e(ind, f"res.setdefault({name}, []).append({self.k(const)})")
+            else:
+                self.assign(ind, f, self.k(const), False)
+            return
+        if src.kind in ("ref", "refs"):
+            j = self.refs.setdefault(src.key, len(self.refs))
+            if src.kind == "ref":
+                e(ind, f'x = {{"reference": R{j}}} if R{j} is not None else _ref(I{j}, sc)')
+                e(ind, "if x:")
+                self.assign(ind + 1, f, "x", False)
+            else:
+                e(ind, f"xs = _refs(I{j}, sc)")
+                e(ind, "if xs:")
+                self.assign(ind + 1, f, "xs", True)
+            return
+        conv = src.conv
+        assert conv is not None
+
+        if all(_single(p) for p in src.paths):  # at most one value: no list
+            def one(j: int, raw: str | None, level: int) -> None:
+                self.convert(j, conv, raw, level)
+
+            e(ind, "x = None")
+            for i, p in enumerate(src.paths):
+                if i:
+                    e(ind, "if x is None:")
+                self.each(ind + (1 if i else 0), p, one)
+            if src.default is not None or src.required:
+                e(ind, "if x is None:")
+                if src.default is not None:
+                    e(ind + 1, f"x = {self.k(src.default)}")
+                else:
+                    e(ind + 1, f"raise MappingError({self.k(src.message)})")
+                self.assign(ind, f, "x", False)
+                return
+            e(ind, "if x is not None:")
+            self.assign(ind + 1, f, "x", False)
+            return
+
+        def add(j: int, raw: str | None, level: int) -> None:
+            self.convert(j, conv, raw, level)
+            e(j, "if x is not None:")
+            e(j + 1, "xs.append(x)")
+
+        e(ind, "xs = []")
+        for i, p in enumerate(src.paths):
+            if i:
+                e(ind, "if not xs:")
+            self.each(ind + (1 if i else 0), p, add)
+        if src.default is not None:
+            e(ind, "if not xs:")
+            e(ind + 1, f"xs = [{self.k(src.default)}]")
+        elif src.required:
+            e(ind, "if not xs:")
+            e(ind + 1, f"raise MappingError({self.k(src.message)})")
+        e(ind, "if xs:")
+        self.assign(ind + 1, f, "xs", True)
+
+    def compile(self) -> None:
+        rule = self.rule
+        e = self.emit
+        head = ["    RS, CS, SS, ES = enc.repetition, enc.component, enc.subcomponent, enc.escape"]
+        # pass 2 first: it says which rows and refs the rule reads
+        self.out = []
+        for f in rule.fields:
+            self.field(2, f)
+        fields = self.out
+        # pass 1: `when`, the rows, the id
+        self.out = []
+        for i, p in enumerate(rule.id_paths):
+            if _single(p):
+                self.raw(2, p, "r")
+                e(2, f't{i} = {self.text("r")} if {self.present("r")} else ""')
+            else:
+                e(2, f"_vs = _resolve({self.k(p)}, sc)")
+                e(2, f't{i} = str(_vs[0]) if _vs else ""')
+        if rule.id_paths:
+            parts = [f"t{i}" for i in range(len(rule.id_paths))]
+            e(2, f"if {' or '.join(parts)}:")
+            e(3, f"rid = uuid5('|'.join(({self.k(rule.rtype)}, {', '.join(parts)})))")
+            e(2, "else:")
+            e(3, f'rid = uuid5(f"{{{self.k(rule.rtype)}}}|{{seed}}|{{{self.k(rule.key)}}}|{{n}}")')
+        else:
+            e(2, f'rid = uuid5(f"{{{self.k(rule.rtype)}}}|{{seed}}|{{{self.k(rule.key)}}}|{{n}}")')
+        ident = self.out
+        rows = [f"F{i}" for i in range(len(self.rows))]
+        make = ["def make(scopes, seed, enc, pcache, trace):", *head, "    made = []",
+                "    for n, sc in enumerate(scopes):"]
+        if rule.when is not None:
+            make += [f"        if not {self.k(rule.when)}(getter(INP, sc, pcache)):",
+                     f'            trace.append(f"{{{self.k(rule.key)}}}[{{n}}]: skipped (when)")',
+                     "            continue"]
+        if rows:
+            make.append("        first = sc.first")
+        for name, i in self.rows.items():
+            pad = self.k([""] * (self.width[name] + 1))
+            make += [f"        F{i} = first({name!r})",
+                     f"        F{i} = {pad} if F{i} is None else F{i} if len(F{i}) > {self.width[name]} "
+                     f"else F{i} + {pad}"]
+        make += [*ident, f"        made.append(Instance(RULE, sc, rid, ({''.join(r + ', ' for r in rows)})))",
+                 "    return made"]
+        build = ["def build(made, ctx, insts, pcache, entries, enc):", *head]
+        for key, j in self.refs.items():
+            build += [f"    I{j} = insts.get({key!r}, ())",
+                      f"    R{j} = I{j}[0].ref if len(I{j}) == 1 else None  # the only one: always the nearest"]
+        build += ["    for inst in made:", "        sc = inst.scope", "        rid = inst.id"]
+        if rows:
+            build.append(f"        {', '.join(rows)}, = inst.rows")
+        build += [f"        res = {{'resourceType': {self.k(rule.rtype)}, 'id': rid}}", *fields,
+                  "        entries.append({'fullUrl': 'urn:uuid:' + rid, 'resource': res,",
+                  "                        'request': {'method': 'PUT', 'url': inst.ref}})"]
+        source = "\n".join([f"# {rule.key}: {rule.rtype}", *make, "", *build, ""])
+        exec(compile(source, f"<mapping rule {rule.key}>", "exec"), self.ns)  # noqa: S102 - our own source
+        rule.make, rule.build, rule.source = self.ns["make"], self.ns["build"], source
 
 
 def compile_mapping(path: str | Path, options: MappingOptions | None = None) -> Callable[[Envelope], MappingResult]:

@@ -139,28 +139,92 @@ class Segment:
         return self.fields[n] if n < len(self.fields) else ""
 
 
+_ENCODINGS: dict[tuple[str, str, str, str, str], Encoding] = {}
+
+
+def encoding(field: str, component: str, repetition: str, escape: str, subcomponent: str) -> Encoding:
+    """The (shared, immutable) Encoding for these characters: one object per distinct set."""
+    key = (field, component, repetition, escape, subcomponent)
+    enc = _ENCODINGS.get(key)
+    if enc is None:
+        enc = Encoding(*key)
+        if len(_ENCODINGS) < 256:
+            _ENCODINGS[key] = enc
+    return enc
+
+
+def _msh(text: str) -> tuple[str, list[str]]:
+    """The field separator and the fields of the MSH segment as hl7v2.parse_header reads them
+    (MSH-n is fields[n - 1] for n > 1), raising
+    the InputError it raises for a message it refuses, in the same order - without building the
+    Header (Message.header does that when something asks)."""
+    text = text.lstrip("\ufeff\x0b\r\n ")
+    if not text.startswith("MSH"):
+        raise InputError("message does not start with an MSH segment")
+    if len(text) < 8:
+        raise InputError("MSH segment is too short to hold the encoding characters")
+    end = text.find("\r")
+    k = text.find("\n", 0, end if end != -1 else len(text))
+    if k != -1:
+        end = k
+    fs = text[3]
+    fields = (text[:end] if end != -1 else text).split(fs)
+    enc = fields[1] if len(fields) > 1 else ""
+    chars = enc[:4]
+    if len(enc) < 4 or len(set(chars + fs)) != 5 or any(c.isalnum() for c in chars):
+        raise InputError(f"MSH-2 encoding characters {enc!r} are missing or invalid")
+    msh9 = fields[8] if len(fields) > 8 else ""
+    if not msh9.split(enc[1])[0].split(enc[0])[0]:
+        raise InputError("MSH-9 message type is empty")
+    return fs, fields
+
+
 class Message:
     """A parsed ER7 message: segments split into fields, the rest split on demand."""
 
-    __slots__ = ("segments", "enc", "header", "by_name", "_values")
+    __slots__ = ("segments", "enc", "_header", "_text", "msh", "by_name", "_values", "owner")
 
     def __init__(self, text: str) -> None:
-        self.header = hl7v2.parse_header(text)
-        h = self.header
-        self.enc = Encoding(h.field_sep, h.component_sep, h.repetition_sep, h.escape, h.subcomponent_sep)
-        self.segments: list[Segment] = []
-        self.by_name: dict[str, list[int]] = {}
+        fs, self.msh = _msh(text)  # MSH-n is msh[n - 1], as hl7v2.parse_header numbers them
+        self._text, self._header = text, None
+        enc = self.msh[1]
+        self.enc = encoding(fs, enc[0], enc[1], enc[2], enc[3])
         self._values: dict[tuple[int, int], list[V]] = {}
-        fs = h.field_sep
-        for i, seg in enumerate(hl7v2.split_segments(text.lstrip("\ufeff"))):
+        self.owner: list[int | None] | None = None  # paths.owners(), computed when a lookup needs it
+        text = text.lstrip("\ufeff")
+        if "\n" in text:
+            lines = hl7v2.split_segments(text)
+        else:  # the usual \r-separated message: what split_segments does, without the regex
+            lines = [s for s in text.strip("\x0b\x1c\r\n ").split("\r") if s]
+        segments: list[Segment] = []
+        by_name: dict[str, list[int]] = {}
+        for i, seg in enumerate(lines):
             name = seg[:3]
             if len(seg) > 3 and seg[3] != fs:
                 raise InputError(f"segment {i + 1} ({seg[:8]!r}) is not followed by the field separator {fs!r}")
             parts = seg.split(fs)
             if name == "MSH":
                 parts.insert(1, fs)  # MSH-1 is the separator; MSH-2 the encoding characters
-            self.segments.append(Segment(name, parts, i))
-            self.by_name.setdefault(name, []).append(i)
+            segments.append(Segment(name, parts, i))
+            idx = by_name.get(name)
+            if idx is None:
+                by_name[name] = [i]
+            else:
+                idx.append(i)
+        self.segments, self.by_name = segments, by_name
+
+    @property
+    def header(self) -> hl7v2.Header:
+        """The MSH header (hl7v2.parse_header), parsed when first asked for."""
+        h = self._header
+        if h is None:
+            h = self._header = hl7v2.parse_header(self._text)
+        return h
+
+    def msh_field(self, n: int) -> str:
+        """Raw MSH-n as the header reads it (what Header.sending_application etc. hold)."""
+        msh = self.msh
+        return msh[n - 1] if n - 1 < len(msh) else ""
 
     def values(self, seg: Segment, field: int) -> list[V]:
         """Every repetition of a field (split once per message)."""

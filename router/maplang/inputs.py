@@ -42,9 +42,8 @@ class Hl7Input:
         return self.root_text(hl7v2.decode(raw))
 
     def root_text(self, text: str) -> tuple[Scope, str]:
-        msg = Message(text)
-        h = msg.header
-        return Scope(msg), f"{h.sending_application}|{h.sending_facility}|{h.control_id}"
+        msg = Message(text)  # MSH-3, MSH-4, MSH-10: what the header's sender and control id hold
+        return Scope(msg), f"{msg.msh_field(3)}|{msg.msh_field(4)}|{msg.msh_field(10)}"
 
     def iterate(self, scope: Scope, for_each: str, with_: dict[str, list[str]] | None) -> list[Scope]:
         scopes = [scope]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ConfigError
-from .hl7 import Message, Segment, V
+from .hl7 import Encoding, Message, Segment, V
 
 HL7_PATH = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\*|\d+)\])?-(\d+)(?:\[(\*|\d+)\])?(?:\.(\d+))?(?:\.(\d+))?$")
 
@@ -21,7 +22,7 @@ def looks_like_hl7_path(text: str) -> bool:
     return bool(HL7_PATH.match(text))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: paths are memo keys on the hot path
 class Hl7Path:
     text: str
     segment: str
@@ -60,8 +61,12 @@ UNTIL: dict[str, tuple[str, ...]] = {"OBR": ("ORC", "OBR"), "ORC": ("ORC",), "PI
 
 
 def owners(msg: Message) -> list[int | None]:
-    """For each segment, the index of the segment it is ATTACHED to, or None."""
-    out: list[int | None] = []
+    """For each segment, the index of the segment it is ATTACHED to, or None (computed once per
+    message, when a lookup of an attachable segment needs it)."""
+    out = msg.owner
+    if out is not None:
+        return out
+    out = []
     owner: int | None = None
     for i, seg in enumerate(msg.segments):
         if owner is not None and seg.name in ATTACHED.get(msg.segments[owner].name, ()):
@@ -69,14 +74,20 @@ def owners(msg: Message) -> list[int | None]:
             continue
         out.append(None)
         owner = i if seg.name in ATTACHED else None
+    msg.owner = out
     return out
 
 
-@dataclass(frozen=True)
-class Level:
+# segment kinds that can be attached to another: only their lookups need owners()
+ATTACHABLE = frozenset(name for names in ATTACHED.values() for name in names)
+_NOWHERE: frozenset[int] = frozenset()
+
+
+class Level(NamedTuple):
     start: int  # the anchor segment
     end: int  # exclusive
     siblings: tuple[tuple[int, int], ...]  # ranges of every group made by the same iteration
+    covered: frozenset[int] = _NOWHERE  # the segment indexes within those ranges
 
 
 class Scope:
@@ -86,15 +97,35 @@ class Scope:
     segments); then each enclosing group, skipping what lies in the groups of the iteration below
     it (a sibling's NTE is never ours) and segments attached to another segment; a segment kind
     that belongs to a group (NTE in an OBX group) is never looked for outside it; finally the
-    message outside the top iteration's groups."""
+    message outside the top iteration's groups.
 
-    __slots__ = ("msg", "levels", "owner", "_found", "resolved")
+    Lookups, resolved paths and child scopes are memoised on the scope (they are pure functions of
+    the message and the levels), so rules iterating the same groups share that work; what a lookup
+    finds outside a group is memoised on the enclosing scope (`parent`), shared by the siblings."""
 
-    def __init__(self, msg: Message, levels: tuple[Level, ...] = (), owner: list[int | None] | None = None) -> None:
-        self.msg, self.levels = msg, levels
-        self.owner = owner if owner is not None else owners(msg)
+    __slots__ = ("msg", "levels", "parent", "_found", "_outside", "_resolved", "_children")
+
+    def __init__(self, msg: Message, levels: tuple[Level, ...] = (), owner: list[int | None] | None = None,
+                 parent: Scope | None = None) -> None:
+        self.msg, self.levels, self.parent = msg, levels, parent
+        if owner is not None and msg.owner is None:
+            msg.owner = owner
         self._found: dict[str, list[Segment]] = {}
-        self.resolved: dict[Hl7Path, list[V]] = {}  # memo of resolve() in this scope
+        self._outside: dict[tuple[str, frozenset[int]], list[Segment]] | None = None
+        self._resolved: dict[Hl7Path, list[V]] | None = None
+        self._children: dict[tuple[str, tuple[str, ...] | None], list[Scope]] | None = None
+
+    @property
+    def owner(self) -> list[int | None]:
+        return owners(self.msg)
+
+    @property
+    def resolved(self) -> dict[Hl7Path, list[V]]:
+        """Memo of resolve() in this scope."""
+        got = self._resolved
+        if got is None:
+            got = self._resolved = {}
+        return got
 
     def segments(self, name: str) -> list[Segment]:
         found = self._found.get(name)
@@ -102,41 +133,94 @@ class Scope:
             found = self._found[name] = self._segments(name)
         return found
 
+    def first(self, name: str) -> list[str] | None:
+        """The fields of the first `name` segment in scope (what PID-3 reads), or None."""
+        found = self._found.get(name)
+        if found is None:
+            found = self._found[name] = self._segments(name)
+        return found[0].fields if found else None
+
     def _segments(self, name: str) -> list[Segment]:
-        segs = self.msg.segments
-        candidates = self.msg.by_name.get(name, ())
+        candidates = self.msg.by_name.get(name)  # ascending segment indexes
         if not candidates:
             return []
-        levels, owner = self.levels, self.owner
-        for k in range(len(levels) - 1, -1, -1):
-            lv = levels[k]
-            anchor = segs[lv.start].name
-            if anchor == name:
-                return [segs[lv.start]]
-            inner = levels[k + 1].siblings if k + 1 < len(levels) else ()
-            found = [segs[i] for i in candidates if lv.start < i < lv.end and owner[i] in (None, lv.start)
-                     and not any(a <= i < b for a, b in inner)]
-            if found or name in ATTACHED.get(anchor, ()):
-                return found
-        top = levels[0].siblings if levels else ()
-        return [segs[i] for i in candidates if owner[i] is None and not any(a <= i < b for a, b in top)]
+        return self._search(name, candidates, _NOWHERE)
+
+    def _search(self, name: str, candidates: list[int], inner: frozenset[int]) -> list[Segment]:
+        """The lookup from this scope's innermost group (the whole message for the top scope),
+        skipping the segments in `inner` (the groups of the iteration below), then outwards."""
+        segs = self.msg.segments
+        owner = owners(self.msg) if name in ATTACHABLE else None
+        found: list[Segment] = []
+        levels = self.levels
+        if not levels:
+            if owner is None and not inner:
+                return [segs[i] for i in candidates]
+            for i in candidates:
+                if i not in inner and (owner is None or owner[i] is None):
+                    found.append(segs[i])
+            return found
+        lv = levels[-1]
+        start = lv.start
+        anchor = segs[start].name
+        if anchor == name:
+            return [segs[start]]
+        end = lv.end
+        for i in candidates:
+            if i <= start or i in inner:
+                continue
+            if i >= end:
+                break
+            if owner is None or owner[i] is None or owner[i] == start:
+                found.append(segs[i])
+        if found or name in ATTACHED.get(anchor, ()):
+            return found
+        parent = self.parent
+        assert parent is not None, "a scope with levels comes from iterate()"
+        key = (name, lv.covered)  # the same for every sibling group: memoised on the parent
+        memo = parent._outside
+        if memo is None:
+            memo = parent._outside = {}
+        else:
+            got = memo.get(key)
+            if got is not None:
+                return got
+        got = memo[key] = parent._search(name, candidates, lv.covered)
+        return got
 
     def iterate(self, name: str, with_: tuple[str, ...] | None = None) -> list[Scope]:
         """A child scope per `name` segment in the innermost group (see ATTACHED and UNTIL;
         `with_` overrides which following segments join a group)."""
+        key = (name, with_)
+        children = self._children
+        if children is None:
+            children = self._children = {}
+        else:
+            got = children.get(key)
+            if got is not None:
+                return got
         segs = self.msg.segments
         start, end = (self.levels[-1].start, self.levels[-1].end) if self.levels else (-1, len(segs))
-        idx = [i for i in self.msg.by_name.get(name, ()) if start < i < end]
         until = UNTIL.get(name) if with_ is None else None
         members = with_ if with_ is not None else ATTACHED.get(name, ())
         ranges = []
-        for i in idx:
+        covered: set[int] = set()
+        for i in self.msg.by_name.get(name, ()):
+            if not start < i < end:
+                continue
             j = i + 1
-            while j < end and (segs[j].name not in until if until is not None else segs[j].name in members):
-                j += 1
+            if until is not None:
+                while j < end and segs[j].name not in until:
+                    j += 1
+            else:
+                while j < end and segs[j].name in members:
+                    j += 1
             ranges.append((i, j))
-        sib = tuple(ranges)
-        return [Scope(self.msg, (*self.levels, Level(a, b, sib)), self.owner) for a, b in ranges]
+            covered.update(range(i, j))
+        sib, cov = tuple(ranges), frozenset(covered)
+        msg, levels = self.msg, self.levels
+        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov)), None, self) for a, b in ranges]
+        return got
 
     @property
     def anchor(self) -> int | None:
@@ -153,9 +237,14 @@ class Scope:
 
 def resolve(path: Hl7Path, scope: Scope) -> list[V]:
     """The values at `path` in `scope` (memoised per scope: fields share paths)."""
-    got = scope.resolved.get(path)
-    if got is None:
-        got = scope.resolved[path] = _resolve(path, scope)
+    memo = scope._resolved
+    if memo is None:
+        memo = scope._resolved = {}
+    else:
+        got = memo.get(path)
+        if got is not None:
+            return got
+    got = memo[path] = _resolve(path, scope)
     return got
 
 
@@ -163,6 +252,9 @@ def _resolve(path: Hl7Path, scope: Scope) -> list[V]:
     segs = scope.segments(path.segment)
     if not segs:
         return []
+    if path.seg_occ is None and path.rep is None:  # the common case: one value, no V per repetition
+        v = first_value(path, segs[0].fields, scope.msg.enc)
+        return [] if v is None else [v]
     if path.seg_occ is None:
         segs = segs[:1]
     elif path.seg_occ > 0:
@@ -183,3 +275,39 @@ def _resolve(path: Hl7Path, scope: Scope) -> list[V]:
             if v:
                 out.append(v)
     return out
+
+
+def first_value(path: Hl7Path, fields: list[str], enc: Encoding) -> V | None:
+    """The value of a path without [*] or [n] in one segment's fields: its first repetition
+    (component, subcomponent), or None when empty or HL7 null - what _resolve gives, without
+    a V per repetition."""
+    f = path.field
+    raw = fields[f] if f < len(fields) else ""
+    if not raw:
+        return None
+    if not ((f == 1 or f == 2) and path.segment == "MSH"):  # MSH-1, MSH-2 hold the separators: not split
+        rs = enc.repetition
+        if rs in raw:
+            raw = raw[:raw.index(rs)]
+    level = 0
+    comp = path.comp
+    if comp is not None:
+        level = 1
+        cs = enc.component
+        if cs in raw:
+            parts = raw.split(cs)
+            raw = parts[comp - 1] if comp <= len(parts) else ""
+        elif comp != 1:
+            raw = ""
+        sub = path.sub
+        if sub is not None:
+            level = 2
+            ss = enc.subcomponent
+            if ss in raw:
+                parts = raw.split(ss)
+                raw = parts[sub - 1] if sub <= len(parts) else ""
+            elif sub != 1:
+                raw = ""
+    if not raw or raw == '""':
+        return None
+    return V(raw, enc, level)
