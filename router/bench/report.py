@@ -135,6 +135,7 @@ def markdown(r: dict[str, Any], png: str | None, out_rel: str) -> str:
           "the benchmark, and the load generator, servers, RabbitMQ and PostgreSQL all share these cores",
           *(f"- {name}: started {v['started']}, load average {v['load_average_before'][0]:.2f} before, "
             f"{v['load_average_after'][0]:.2f} after ({r['durations_s'][name] / 60:.1f} min)"
+            + (f", router at commit {v['git_commit']}" if v.get("git_commit") else "")
             for name, v in r.get("section_runs", {}).items()),
           f"- Python {mach['python']}, PostgreSQL {mach['postgresql']}, RabbitMQ {mach['rabbitmq']}, Node.js {mach['node']}",
           "- packages: " + ", ".join(f"{k} {v}" for k, v in mach["packages"].items() if v),
@@ -195,11 +196,13 @@ def markdown(r: dict[str, Any], png: str | None, out_rel: str) -> str:
         ol = m["open_loop"]
         L += ["", f"Open loop: {ol['offered_msg_s']:.0f} msg/s offered over {ol['connections']} connections for "
               f"{ol['seconds']} s, latency from each message's scheduled send time:", "",
-              "| server | achieved msg/s | ACK p50 ms | ACK p99 ms | ACK max ms |", "| --- | ---: | ---: | ---: | ---: |"]
+              "| server | achieved msg/s | ACK p50 ms | ACK p99 ms | ACK max ms | not AA | no ACK in 60 s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, t in m["targets"].items():
             o = t.get("open")
             if o:
-                L.append(f"| {name} | {_f(o['msg_s'])} | {_f(o['p50_ms'], 2)} | {_f(o['p99_ms'], 2)} | {_f(o['max_ms'], 1)} |")
+                L.append(f"| {name} | {_f(o['msg_s'])} | {_f(o['p50_ms'], 2)} | {_f(o['p99_ms'], 2)} | "
+                         f"{_f(o['max_ms'], 1)} | {o['not_accepted']} | {o['errors']} |")
         for k, why in m["skipped"].items():
             L.append(f"\n{k} skipped: {why}")
         L.append("")

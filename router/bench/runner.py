@@ -132,6 +132,7 @@ def run(p: Plan, broker_url: str, database_url: str, log: Callable[[str], None] 
         out["sections"][name] = fn()
         out["durations_s"][name] = time.monotonic() - t
         out["section_runs"][name] = {"started": started, "load_average_before": la,
+                                     "git_commit": _cmd(["git", "rev-parse", "--short", "HEAD"]),
                                      "load_average_after": list(os.getloadavg())}
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
