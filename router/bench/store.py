@@ -9,6 +9,7 @@ benchmarks/store_writes.py:
 """
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,8 @@ def search(database_url: str, observations: int, queries: int, log: Callable[[st
             log(f"    {name:46} p50 {r['p50']:7.2f} ms  p95 {r['p95']:7.2f} ms  max {r['max']:7.1f} ms")
     finally:
         engine.dispose()
+        admin.dispose()
+        _wait_for(database_url)  # the schema goes even when PostgreSQL was restarted under the run
         with admin.begin() as c:
             c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
@@ -53,12 +56,45 @@ def writes(database_url: str, bundles: int, batch: int = 50) -> dict[str, Any]:
             "one_per_commit_s": r["one_per_commit"], "batched_s": r["batched"]}
 
 
+def _retrying(fn: Callable[[], dict[str, Any]], database_url: str, log: Callable[[str], None],
+              attempts: int = 3) -> dict[str, Any]:
+    """fn again from the start (a fresh schema) when PostgreSQL drops the connection (restarted by
+    other work on a shared machine), after it is back; the restarts are counted in the result."""
+    for k in range(1, attempts + 1):
+        try:
+            r = fn()
+            r["restarts"] = k - 1
+            return r
+        except sa.exc.OperationalError as exc:
+            if k == attempts:
+                raise
+            log(f"  PostgreSQL connection lost ({str(exc.orig).strip().splitlines()[0][:100]}); "
+                "starting this size again once it is back")
+            _wait_for(database_url)
+    raise AssertionError("unreachable")
+
+
+def _wait_for(database_url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            e = sa.create_engine(database_url)
+            with e.connect() as c:
+                c.execute(sa.text("SELECT 1"))
+            e.dispose()
+            return
+        except sa.exc.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def run(database_url: str, *, sizes: list[int], queries: int, bundles: int,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     out: dict[str, Any] = {"search": {}, "writes": None}
     for n in sizes:
         log(f"store search at {n:,} Observations ({queries} queries of each kind)")
-        out["search"][str(n)] = search(database_url, n, queries, log)
+        out["search"][str(n)] = _retrying(lambda n=n: search(database_url, n, queries, log), database_url, log)
     log(f"store writes: {bundles} transaction bundles")
     out["writes"] = writes(database_url, bundles)
     w = out["writes"]
