@@ -222,13 +222,6 @@ def markdown(r: dict[str, Any], png: str | None, out_rel: str) -> str:
             L.append(f"| {n} | {_f(o['msg_s'])} | {_f(o['accepted_msg_s'])} | {o['backlog_at_end']:,} | "
                      f"{_f(o['rows_per_message'], 1)} | {_f(rw['msg_s'])} | {rw['rows_per_message']} | {_f(e['ratio'][n], 2)} |")
         L.append("")
-    if "memory" in s:
-        mm = s["memory"]
-        L += ["## 5. Memory (peak RSS during the end-to-end run, psutil every 0.25 s)", "",
-              "| worker processes | listener MB | largest worker MB |", "| ---: | ---: | ---: |"]
-        for n, v in mm["per_run"].items():
-            L.append(f"| {n} | {v['listener']:.0f} | {v['worker_max']:.0f} |")
-        L.append("")
     if "store" in s:
         st = s["store"]
         L += ["## 4. Store (PostgreSQL)", "",
@@ -244,6 +237,13 @@ def markdown(r: dict[str, Any], png: str | None, out_rel: str) -> str:
         L += ["", f"Transaction bundles ({w['resources_per_bundle']} resources: Patient upserted by СНИЛС, DiagnosticReport, "
               f"2 Observations), {w['bundles']:,} per mode: one bundle per commit **{w['one_per_commit_s']:,.0f}/s**; "
               f"{w['batch']} per commit **{w['batched_s']:,.0f}/s**.", ""]
+    if "memory" in s:
+        mm = s["memory"]
+        L += ["## 5. Memory (peak RSS during the end-to-end run, psutil every 0.25 s)", "",
+              "| worker processes | listener MB | largest worker MB |", "| ---: | ---: | ---: |"]
+        for n, v in mm["per_run"].items():
+            L.append(f"| {n} | {v['listener']:.0f} | {v['worker_max']:.0f} |")
+        L.append("")
     return "\n".join(L) + "\n"
 
 
