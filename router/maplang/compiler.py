@@ -173,6 +173,7 @@ class _Rule:
     make: Callable[..., list[_Instance]] | None = None
     build: Callable[..., None] | None = None
     source: str = ""
+    steps: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # for_each as Scope.descend steps
 
 
 class _Instance:
@@ -479,14 +480,13 @@ class _Mapping:
         the same order, so the same warnings and the same first error)."""
         ctx = self.fn_context(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
                               unmapped=self.unmapped, warnings=[])
-        inp = self.inp
         enc = top.msg.enc
         instances: dict[str, list[_Instance]] = {}
         trace: list[str] = []
         paths: dict[str, Any] = {}
         for rule in self.rules:  # pass 1: which resources exist, and their ids
-            scopes = inp.iterate(top, rule.for_each, rule.with_) if rule.for_each else [top]
-            made = instances[rule.key] = rule.make(scopes, seed, enc, paths, trace)
+            made = instances[rule.key] = rule.make(top.descend(rule.steps) if rule.steps else [top], seed, enc,
+                                                   paths, trace)
             trace.append(f"{rule.key}: {len(made)} {rule.rtype}")
         entries: list[dict[str, Any]] = []
         for rule in self.rules:  # pass 2: fields
@@ -684,6 +684,9 @@ class _Hl7Codegen:
                 return 0
             self.emit(ind, f"if {var}:")
             return self.parts(ind + 1, p, var)
+        if p.comp is None:  # `RS in ""` is False: no guard needed
+            self.cut(ind, var, "RS", rep)
+            return 0
         self.emit(ind, f"if {var}:")
         self.cut(ind + 1, var, "RS", rep)
         return self.parts(ind + 1, p, var)
@@ -853,6 +856,9 @@ class _Hl7Codegen:
     def compile(self) -> None:
         rule = self.rule
         e = self.emit
+        if rule.for_each:
+            with_ = rule.with_ or {}
+            rule.steps = tuple((seg, tuple(with_[seg]) if seg in with_ else None) for seg in rule.for_each.split("/"))
         head = ["    RS, CS, SS, ES = enc.repetition, enc.component, enc.subcomponent, enc.escape"]
         # pass 2 first: it says which rows and refs the rule reads
         self.out = []
@@ -884,10 +890,15 @@ class _Hl7Codegen:
             make += [f"        if not {self.k(rule.when)}(getter(INP, sc, pcache)):",
                      f'            trace.append(f"{{{self.k(rule.key)}}}[{{n}}]: skipped (when)")',
                      "            continue"]
-        if rows:
+        anchor = rule.steps[-1][0] if rule.steps else None
+        if any(name != anchor for name in self.rows):
             make.append("        first = sc.first")
         for name, i in self.rows.items():
             pad = self.k([""] * (self.width[name] + 1))
+            if name == anchor:  # what first(anchor) gives
+                make += [f"        F{i} = sc.fields",
+                         f"        F{i} = F{i} if len(F{i}) > {self.width[name]} else F{i} + {pad}"]
+                continue
             make += [f"        F{i} = first({name!r})",
                      f"        F{i} = {pad} if F{i} is None else F{i} if len(F{i}) > {self.width[name]} "
                      f"else F{i} + {pad}"]

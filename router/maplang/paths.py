@@ -9,6 +9,7 @@ HL7 v2:  SEG[-occ]-FIELD[rep][.COMP[.SUB]]
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -66,14 +67,21 @@ def owners(msg: Message) -> list[int | None]:
     out = msg.owner
     if out is not None:
         return out
-    out = []
-    owner: int | None = None
-    for i, seg in enumerate(msg.segments):
-        if owner is not None and seg.name in ATTACHED.get(msg.segments[owner].name, ()):
-            out.append(owner)
+    segs = msg.segments
+    out: list[int | None] = [None] * len(segs)
+    owner = 0
+    members: tuple[str, ...] = ()  # what attaches to the current owner (segment `owner`)
+    attached = ATTACHED.get
+    for i, seg in enumerate(segs):
+        name = seg.name
+        if name in members:
+            out[i] = owner
             continue
-        out.append(None)
-        owner = i if seg.name in ATTACHED else None
+        got = attached(name)
+        if got is None:
+            members = ()
+        else:
+            owner, members = i, got
     msg.owner = out
     return out
 
@@ -88,6 +96,8 @@ class Level(NamedTuple):
     end: int  # exclusive
     siblings: tuple[tuple[int, int], ...]  # ranges of every group made by the same iteration
     covered: frozenset[int] = _NOWHERE  # the segment indexes within those ranges
+    name: str = ""  # the anchor's segment name
+    attached: tuple[str, ...] = ()  # ATTACHED to it: never looked for outside the group
 
 
 class Scope:
@@ -100,16 +110,24 @@ class Scope:
     message outside the top iteration's groups.
 
     Lookups, resolved paths and child scopes are memoised on the scope (they are pure functions of
-    the message and the levels), so rules iterating the same groups share that work; what a lookup
-    finds outside a group is memoised on the enclosing scope (`parent`), shared by the siblings."""
+    the message and the levels), so rules iterating the same groups share that work. What a lookup
+    finds outside a group is the same for every group of that iteration: it is memoised in the
+    enclosing scope's `_outside`, which the children reach through `_above` (the `_outside` of
+    every enclosing scope, outermost first) - dicts, not the scopes, so no reference cycle keeps a
+    message's scopes from being freed as soon as the mapping is done with them."""
 
-    __slots__ = ("msg", "levels", "parent", "_found", "_outside", "_resolved", "_children")
+    __slots__ = ("msg", "levels", "fields", "_above", "_found", "_outside", "_resolved", "_children")
 
     def __init__(self, msg: Message, levels: tuple[Level, ...] = (), owner: list[int | None] | None = None,
-                 parent: Scope | None = None) -> None:
-        self.msg, self.levels, self.parent = msg, levels, parent
+                 above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...] | None = None) -> None:
+        self.msg, self.levels = msg, levels
+        # the fields of the innermost anchor (what first() of its name gives), None at the top
+        self.fields: list[str] | None = msg.segments[levels[-1].start].fields if levels else None
         if owner is not None and msg.owner is None:
             msg.owner = owner
+        if above is None:  # a scope made by hand: enclosing groups without memos of their own
+            above = tuple({} for _ in levels)
+        self._above = above
         self._found: dict[str, list[Segment]] = {}
         self._outside: dict[tuple[str, frozenset[int]], list[Segment]] | None = None
         self._resolved: dict[Hl7Path, list[V]] | None = None
@@ -141,52 +159,67 @@ class Scope:
         return found[0].fields if found else None
 
     def _segments(self, name: str) -> list[Segment]:
-        candidates = self.msg.by_name.get(name)  # ascending segment indexes
+        msg = self.msg
+        candidates = msg.by_name.get(name)  # ascending segment indexes
         if not candidates:
             return []
-        return self._search(name, candidates, _NOWHERE)
-
-    def _search(self, name: str, candidates: list[int], inner: frozenset[int]) -> list[Segment]:
-        """The lookup from this scope's innermost group (the whole message for the top scope),
-        skipping the segments in `inner` (the groups of the iteration below), then outwards."""
-        segs = self.msg.segments
-        owner = owners(self.msg) if name in ATTACHABLE else None
-        found: list[Segment] = []
+        segs = msg.segments
+        owner = owners(msg) if name in ATTACHABLE else None
         levels = self.levels
-        if not levels:
-            if owner is None and not inner:
-                return [segs[i] for i in candidates]
-            for i in candidates:
-                if i not in inner and (owner is None or owner[i] is None):
-                    found.append(segs[i])
-            return found
-        lv = levels[-1]
-        start = lv.start
-        anchor = segs[start].name
-        if anchor == name:
-            return [segs[start]]
-        end = lv.end
-        for i in candidates:
-            if i <= start or i in inner:
-                continue
-            if i >= end:
+        inner: frozenset[int] = _NOWHERE
+        found: list[Segment]
+        pending = None  # memos of the outside lookups this one has been through
+        k = len(levels)
+        while k:
+            k -= 1
+            lv = levels[k]
+            start = lv.start
+            if segs[start].name == name:
+                found = [segs[start]]
                 break
-            if owner is None or owner[i] is None or owner[i] == start:
-                found.append(segs[i])
-        if found or name in ATTACHED.get(anchor, ()):
-            return found
-        parent = self.parent
-        assert parent is not None, "a scope with levels comes from iterate()"
-        key = (name, lv.covered)  # the same for every sibling group: memoised on the parent
-        memo = parent._outside
-        if memo is None:
-            memo = parent._outside = {}
-        else:
+            end = lv.end
+            found = []
+            if len(candidates) <= 8:
+                for i in candidates:
+                    if i <= start or i in inner:
+                        continue
+                    if i >= end:
+                        break
+                    if owner is None or owner[i] is None or owner[i] == start:
+                        found.append(segs[i])
+            else:  # a large group (thousands of OBX/NTE): start at the group, not at the first
+                j, n = bisect_right(candidates, start), len(candidates)
+                while j < n:
+                    i = candidates[j]
+                    j += 1
+                    if i >= end:
+                        break
+                    if i not in inner and (owner is None or owner[i] is None or owner[i] == start):
+                        found.append(segs[i])
+            if found or name in lv.attached:
+                break
+            inner = lv.covered  # what lies outside this group: the same for all its siblings
+            key, memo = (name, inner), self._above[k]
             got = memo.get(key)
             if got is not None:
-                return got
-        got = memo[key] = parent._search(name, candidates, lv.covered)
-        return got
+                found = got
+                break
+            if pending is None:
+                pending = [(memo, key)]
+            else:
+                pending.append((memo, key))
+        else:
+            if owner is None and not inner:
+                found = [segs[i] for i in candidates]
+            else:
+                found = []
+                for i in candidates:
+                    if i not in inner and (owner is None or owner[i] is None):
+                        found.append(segs[i])
+        if pending is not None:
+            for memo, key in pending:
+                memo[key] = found
+        return found
 
     def iterate(self, name: str, with_: tuple[str, ...] | None = None) -> list[Scope]:
         """A child scope per `name` segment in the innermost group (see ATTACHED and UNTIL;
@@ -219,8 +252,29 @@ class Scope:
             covered.update(range(i, j))
         sib, cov = tuple(ranges), frozenset(covered)
         msg, levels = self.msg, self.levels
-        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov)), None, self) for a, b in ranges]
+        if self._outside is None:
+            self._outside = {}
+        above = (*self._above, self._outside)
+        attached = ATTACHED.get(name, ())
+        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached)), None, above)
+                               for a, b in ranges]
         return got
+
+    def descend(self, steps: tuple[tuple[str, tuple[str, ...] | None], ...]) -> list[Scope]:
+        """The scopes of a for_each, as (segment, with) steps: OBR/OBX is (("OBR", None), ("OBX",
+        None)); memoised, so rules with the same for_each share them."""
+        children = self._children
+        if children is None:
+            children = self._children = {}
+        else:
+            got = children.get(steps)  # (never a key of iterate(): those are (name, with))
+            if got is not None:
+                return got
+        scopes = [self]
+        for name, with_ in steps:
+            scopes = [c for s in scopes for c in s.iterate(name, with_)]
+        children[steps] = scopes
+        return scopes
 
     @property
     def anchor(self) -> int | None:

@@ -192,6 +192,21 @@ def _mutate(rnd: random.Random, text: str) -> str:
     return out + rnd.choice(["\r", "", "\r\n"])
 
 
+def _big_oru(n: int) -> str:
+    """Two OBR groups of n OBX each, most with an NTE, NTEs after the OBRs and an SPM each."""
+    segs = ["MSH|^~\\&|LIS|CITYLAB|EHR|HOSP|20240501103000+0300||ORU^R01^ORU_R01|BIG|P|2.5.1",
+            "PID|1||11223344595^^^&1.2.643.100.3&ISO^SNILS~MRN123^^^HOSP^MR||Иванов^Иван||19800501|M", "NTE|1||pid note"]
+    for g in (1, 2):
+        segs += [f"ORC|RE|PL{g}^EHR|FL{g}^LIS", f"OBR|{g}|PL{g}^EHR|FL{g}^LIS|2345-7^Glucose^LN|||20240501090000",
+                 f"NTE|1||obr note {g}"]
+        for i in range(n):
+            segs.append(f"OBX|{i + 1}|NM|2345-7^Glucose^LN|{i}|{i}.5|mmol/L^mmol/L^UCUM|3.9-6.1|{'HN'[i % 2]}|||F")
+            if i % 3:
+                segs.append(f"NTE|1||note {g}.{i}")
+        segs.append(f"SPM|{g}|SP{g}^LIS||SER^Serum^HL70487")
+    return "\r".join(segs)
+
+
 @functools.lru_cache(maxsize=1)
 def _messages() -> tuple[str, ...]:
     from tests.maplang.test_compiler import ORU
@@ -210,7 +225,9 @@ def _messages() -> tuple[str, ...]:
                         corpus.append((CORPUS / row["local_path"]).read_text(encoding="utf-8"))
                     except (OSError, UnicodeDecodeError):
                         continue
+    big = [_big_oru(k) for k in (3, 12, 40)]  # more than 8 OBX/NTE: the bisected lookups
     rnd = random.Random(20261126)
+    base += big
     out = base + corpus + [_mutate(rnd, rnd.choice(base + corpus)) for _ in range(400)]
     return (*out, "PID|1||x", "MSH|^~\\&|A", "MSH|^~\\&|A|B|C|D|E||ORU^R01|1|P|2.5\rPID|1")
 
@@ -242,3 +259,87 @@ def test_generated_code_equals_the_closures(mapping: str, tmp_path: Path) -> Non
             fast = _outcome(m._run_hl7, top, seed)
             top, seed = m.inp.root_text(text)  # fresh scopes: nothing memoised by the other path
             assert _outcome(m._run, top, seed) == fast, (mapping, policy, text)
+
+
+# -- scope lookups against the plain definition (the lookup code before it was memoised) --------
+
+def _plain_owners(msg: Any) -> list[int | None]:
+    from router.maplang.paths import ATTACHED
+
+    out: list[int | None] = []
+    owner: int | None = None
+    for i, seg in enumerate(msg.segments):
+        if owner is not None and seg.name in ATTACHED.get(msg.segments[owner].name, ()):
+            out.append(owner)
+            continue
+        out.append(None)
+        owner = i if seg.name in ATTACHED else None
+    return out
+
+
+def _plain_segments(msg: Any, levels: Any, name: str) -> list[int]:
+    from router.maplang.paths import ATTACHED
+
+    segs, owner = msg.segments, _plain_owners(msg)
+    candidates = msg.by_name.get(name, ())
+    for k in range(len(levels) - 1, -1, -1):
+        lv = levels[k]
+        anchor = segs[lv.start].name
+        if anchor == name:
+            return [lv.start]
+        inner = levels[k + 1].siblings if k + 1 < len(levels) else ()
+        found = [i for i in candidates if lv.start < i < lv.end and owner[i] in (None, lv.start)
+                 and not any(a <= i < b for a, b in inner)]
+        if found or name in ATTACHED.get(anchor, ()):
+            return found
+    top = levels[0].siblings if levels else ()
+    return [i for i in candidates if owner[i] is None and not any(a <= i < b for a, b in top)]
+
+
+def _plain_groups(msg: Any, start: int, end: int, name: str, with_: tuple[str, ...] | None) -> list[tuple[int, int]]:
+    from router.maplang.paths import ATTACHED, UNTIL
+
+    segs = msg.segments
+    until = UNTIL.get(name) if with_ is None else None
+    members = with_ if with_ is not None else ATTACHED.get(name, ())
+    out = []
+    for i in msg.by_name.get(name, ()):
+        if start < i < end:
+            j = i + 1
+            while j < end and (segs[j].name not in until if until is not None else segs[j].name in members):
+                j += 1
+            out.append((i, j))
+    return out
+
+
+CHAINS = [(("OBR", None),), (("OBR", None), ("OBX", None)), (("ORC", None),), (("ORC", None), ("OBR", None)),
+          (("ORC", None), ("OBR", None), ("OBX", None)), (("SPM", None),), (("PID", None),), (("OBX", None),),
+          (("OBR", None), ("NTE", None)), (("ORC", ("OBR", "NTE", "OBX")), ("OBX", None)),
+          (("OBR", ("OBX",)), ("OBX", ("NTE", "SPM")))]
+
+
+def test_scope_lookups_follow_the_plain_definition() -> None:
+    from router.maplang.inputs import Hl7Input
+
+    inp = Hl7Input()
+    checked = 0
+    for text in _messages():
+        try:
+            top, _ = inp.root_text(text)
+        except Exception:  # noqa: BLE001 - not a message
+            continue
+        msg = top.msg
+        names = sorted(msg.by_name)
+        for chain in CHAINS:
+            for scope in top.descend(chain):
+                for k, lv in enumerate(scope.levels):  # the groups, as the plain iteration makes them
+                    outer = scope.levels[k - 1] if k else None
+                    groups = _plain_groups(msg, outer.start if outer else -1, outer.end if outer else len(msg.segments),
+                                           *chain[k])
+                    assert (lv.start, lv.end) in groups and lv.siblings == tuple(groups)
+                for name in names:  # in this order and again (memoised) in reverse
+                    assert [s.index for s in scope.segments(name)] == _plain_segments(msg, scope.levels, name)
+                    checked += 1
+                for name in reversed(names):
+                    assert [s.index for s in scope.segments(name)] == _plain_segments(msg, scope.levels, name)
+    assert checked > 1000
