@@ -4,24 +4,13 @@ from __future__ import annotations
 import getpass
 
 import click
-import orjson
-import sqlalchemy as sa
 
 from ..api.auth import CLIENT_ROLES, create_api_key, list_api_keys, revoke_api_key
-from ..db import create_schema, database_url, make_engine
 from ..store import audit
 from ..store.principal import Principal
-
-
-def _options(f):  # type: ignore[no-untyped-def]
-    f = click.option("--data-dir", envvar="ROUTER_DATA_DIR", default="var", show_default=True)(f)
-    return click.option("--database-url", envvar="ROUTER_DATABASE_URL", default=None)(f)
-
-
-def _engine(url: str | None, data_dir: str) -> sa.Engine:
-    engine = make_engine(database_url(url, data_dir))
-    create_schema(engine)
-    return engine
+from .output import database_options as _options
+from .output import echo_rows, fmt_time
+from .output import open_engine as _engine
 
 
 def _operator() -> Principal:
@@ -63,23 +52,15 @@ def create(client_id: str, role: str, organization: str | None, patient: str | N
 @_options
 def list_(as_json: bool, database_url: str | None, data_dir: str) -> None:
     """Registered keys (ids and scope, never secrets)."""
-    from .messages import fmt_time
-
     engine = _engine(database_url, data_dir)
     with engine.connect() as conn:
         rows = list_api_keys(conn)
     engine.dispose()
-    if as_json:
-        for r in rows:
-            click.echo(orjson.dumps(r).decode())
-        return
-    if not rows:
-        click.echo("no API keys")
-        return
-    click.echo(f"{'key id':18}  {'client':24}  {'role':12}  {'organization':36}  {'created':23}  state")
-    for r in rows:
-        click.echo(f"{r['key_id']:18}  {r['client_id'][:24]:24}  {r['role']:12}  {(r['organization'] or '')[:36]:36}  "
-                   f"{fmt_time(r['created_at']):23}  {'revoked' if r['revoked'] else 'active'}")
+    echo_rows(rows, as_json=as_json, empty="no API keys",
+              header=f"{'key id':18}  {'client':24}  {'role':12}  {'organization':36}  {'created':23}  state",
+              line=lambda r: f"{r['key_id']:18}  {r['client_id'][:24]:24}  {r['role']:12}  "
+                             f"{(r['organization'] or '')[:36]:36}  {fmt_time(r['created_at']):23}  "
+                             f"{'revoked' if r['revoked'] else 'active'}")
 
 
 @command.command("revoke")

@@ -1,13 +1,14 @@
 """`router audit`: search the append-only audit log of the record store."""
 from __future__ import annotations
 
-import click
-import orjson
+from collections.abc import Mapping
+from typing import Any
 
-from ..db import create_schema, database_url, make_engine
+import click
+
 from ..store import audit
 from ..store.principal import ROLES
-from .messages import fmt_time, parse_time
+from .output import database_options, echo_rows, fmt_time, open_engine, parse_time
 
 
 @click.command("audit")
@@ -23,36 +24,25 @@ from .messages import fmt_time, parse_time
 @click.option("--until", help="ISO time or duration ago")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@click.option("--database-url", envvar="ROUTER_DATABASE_URL", default=None)
-@click.option("--data-dir", envvar="ROUTER_DATA_DIR", default="var", show_default=True)
+@database_options
 def command(client_id: str | None, role: str | None, patient_id: str | None, resource_type: str | None,
             resource_id: str | None, action: str | None, outcome: str | None, request_id: str | None,
             since: str | None, until: str | None, limit: int, as_json: bool, database_url: str | None,
             data_dir: str) -> None:
     """Who read or wrote what, newest first."""
-    engine = make_engine(_url(database_url, data_dir))
-    create_schema(engine)
+    engine = open_engine(database_url, data_dir)
     with engine.connect() as conn:
         rows = audit.search(conn, client_id=client_id, role=role, patient_id=patient_id,
                             resource_type=resource_type, resource_id=resource_id, action=action, outcome=outcome,
                             request_id=request_id, since=parse_time(since), until=parse_time(until), limit=limit)
     engine.dispose()
-    if as_json:
-        for r in rows:
-            click.echo(orjson.dumps(r).decode())
-        return
-    if not rows:
-        click.echo("no audit records found")
-        return
-    click.echo(f"{'at':23}  {'client':20}  {'role':12}  {'action':11}  {'outcome':7}  {'resource':40}  "
-               f"{'patient':36}  request")
-    for r in rows:
+
+    def line(r: Mapping[str, Any]) -> str:
         res = "/".join(x for x in (r["resource_type"], r["resource_id"]) if x)
-        click.echo(f"{fmt_time(r['at']):23}  {r['client_id'][:20]:20}  {r['role'][:12]:12}  {r['action'][:11]:11}  "
-                   f"{r['outcome']:7}  {res[:40]:40}  {(r['patient_id'] or '')[:36]:36}  {r['request_id'] or ''}")
-        if r["detail"]:
-            click.echo(f"    {r['detail'][:200]}")
+        out = (f"{fmt_time(r['at']):23}  {r['client_id'][:20]:20}  {r['role'][:12]:12}  {r['action'][:11]:11}  "
+               f"{r['outcome']:7}  {res[:40]:40}  {(r['patient_id'] or '')[:36]:36}  {r['request_id'] or ''}")
+        return out + (f"\n    {r['detail'][:200]}" if r["detail"] else "")
 
-
-def _url(explicit: str | None, data_dir: str) -> str:
-    return database_url(explicit, data_dir)
+    echo_rows(rows, as_json=as_json, empty="no audit records found", line=line,
+              header=f"{'at':23}  {'client':20}  {'role':12}  {'action':11}  {'outcome':7}  {'resource':40}  "
+                     f"{'patient':36}  request")

@@ -13,7 +13,7 @@ from ..runtime import queues_for
 from ..transport import Transport, open_transport
 from ..transport.base import RouteQueues
 from .common import engine_options, setup_logging
-from .messages import fmt_time
+from .output import fmt_time
 
 
 class Ctx:
