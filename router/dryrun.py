@@ -41,6 +41,16 @@ def route_runtime(config: Config, name: str) -> RouteRuntime:
     return rt
 
 
+def dry_run_all(rt: RouteRuntime, raw: bytes, *, validate: bool = True) -> list[DryRun]:
+    """`dry_run` of each message of the input: an HL7 batch (FHS/BHS, or several MSH in a row) is
+    split as the file source splits it; a broken batch envelope is one rejected run."""
+    try:
+        messages = hl7v2.split_messages(normalise_input(raw))
+    except InputError as exc:
+        return [DryRun(rt.name, error=exc, trace=[f"rejected: {type(exc).__name__}: {exc}"])]
+    return [dry_run(rt, m, validate=validate) for m in messages]
+
+
 def dry_run(rt: RouteRuntime, raw: bytes, *, validate: bool = True) -> DryRun:
     out = DryRun(rt.name)
     raw = normalise_input(raw)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from router.config.loader import load_config
-from router.dryrun import DryRun, dry_run, route_runtime
+from router.dryrun import DryRun, dry_run_all, route_runtime
 from router.errors import RouterError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,17 +59,18 @@ def _rows() -> list[Row]:
 
 ROWS = _rows()
 _RUNTIMES: dict[str, object] = {}
-_RESULTS: dict[str, DryRun] = {}
+_RESULTS: dict[str, list[DryRun]] = {}
 
 
-def _run(row: Row) -> DryRun:
-    """The dry run of one corpus message (memoised: the summary reuses the parametrized runs)."""
+def _run(row: Row) -> list[DryRun]:
+    """The dry runs of one corpus file, a run per message of a batch file (memoised: the summary
+    reuses the parametrized runs)."""
     got = _RESULTS.get(row.path)
     if got is None:
         rt = _RUNTIMES.get(row.route)
         if rt is None:
             rt = _RUNTIMES[row.route] = route_runtime(load_config(ROOT / "routes.yaml"), row.route)
-        got = _RESULTS[row.path] = dry_run(rt, (CORPUS / row.path).read_bytes())  # type: ignore[arg-type]
+        got = _RESULTS[row.path] = dry_run_all(rt, (CORPUS / row.path).read_bytes())  # type: ignore[arg-type]
     return got
 
 
@@ -80,18 +81,20 @@ def _ids(rows: list[Row]) -> list[str]:
 @pytest.mark.skipif(not ROWS, reason="the shared corpus is not available")
 @pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
 def test_corpus_message_maps_or_is_rejected_with_a_reason(row: Row) -> None:
-    result = _run(row)  # any exception other than a RouterError propagates and fails the test
-    if result.error is not None:
-        assert isinstance(result.error, RouterError)
-        assert str(result.error).strip(), f"{type(result.error).__name__} without a message"
-        return
-    assert not result.filtered, "no route here has a filter"
-    doc = result.document
-    assert doc is not None and doc.get("resourceType") == "Bundle" and doc.get("type") == "transaction"
-    assert doc["entry"], "an accepted message made an empty Bundle"
-    for entry in doc["entry"]:
-        res = entry["resource"]
-        assert entry["request"] == {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}
+    results = _run(row)  # any exception other than a RouterError propagates and fails the test
+    assert results
+    for result in results:
+        if result.error is not None:
+            assert isinstance(result.error, RouterError)
+            assert str(result.error).strip(), f"{type(result.error).__name__} without a message"
+            continue
+        assert not result.filtered, "no route here has a filter"
+        doc = result.document
+        assert doc is not None and doc.get("resourceType") == "Bundle" and doc.get("type") == "transaction"
+        assert doc["entry"], "an accepted message made an empty Bundle"
+        for entry in doc["entry"]:
+            res = entry["resource"]
+            assert entry["request"] == {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}
 
 
 # a reason, with what differs between messages masked, so like rejections group together
@@ -113,13 +116,15 @@ def reason(error: RouterError) -> str:
 def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
     passed: Counter[str] = Counter()
     rejected: dict[str, Counter[str]] = defaultdict(Counter)
+    messages = 0
     for row in ROWS:
-        result = _run(row)
-        if result.error is None:
-            passed[row.kind] += 1
-        else:
-            rejected[row.kind][reason(result.error)] += 1
-    lines = [f"corpus: {len(ROWS)} ORU/ADT/OML/ORM messages through routes.yaml "
+        for result in _run(row):
+            messages += 1
+            if result.error is None:
+                passed[row.kind] += 1
+            else:
+                rejected[row.kind][reason(result.error)] += 1
+    lines = [f"corpus: {len(ROWS)} ORU/ADT/OML/ORM files, {messages} messages (batch files split) through routes.yaml "
              f"({sum(passed.values())} mapped and valid, {sum(sum(c.values()) for c in rejected.values())} rejected)"]
     for kind in sorted(set(passed) | set(rejected)):
         n_rej = sum(rejected[kind].values())

@@ -160,3 +160,21 @@ def is_field_path(path: str) -> bool:
 
 def is_hl7(raw: bytes) -> bool:
     return raw.lstrip(b"\xef\xbb\xbf\x0b\r\n ").startswith(b"MSH")
+
+
+def is_batch(raw: bytes) -> bool:
+    """An HL7 batch file (FHS/BHS envelope) or several messages in a row (more than one MSH segment)."""
+    head = raw.lstrip(b"\xef\xbb\xbf\x0b\r\n ")
+    if head.startswith((b"FHS", b"BHS")):
+        return True
+    return head.startswith(b"MSH") and re.search(rb"[\r\n]MSH", head) is not None
+
+
+def split_messages(raw: bytes) -> list[bytes]:
+    """The messages of a batch (see is_batch), each ended by CR; anything else as it is.
+    Raises InputError naming the segment when the batch envelope or its counts are wrong."""
+    if not is_batch(raw):
+        return [raw]
+    from .er7 import split_batch
+
+    return [p.encode("utf-8") if isinstance(p, str) else p for p in split_batch(raw)]

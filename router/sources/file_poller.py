@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from ..errors import InputError, TransportError
+from ..formats import hl7v2
 from ..logging import get
 from .base import SourceContext
 from .file import FileOptions
@@ -47,7 +48,7 @@ class FilePoller:
         intake = self.context.intake
         try:
             raw = path.read_bytes()
-            messages = _split(raw)
+            messages = hl7v2.split_messages(raw)
             accepted = [intake.prepare(m, source=f"file:{path.name}#{n + 1}" if len(messages) > 1
                                        else f"file:{path.name}", content_type=None)
                         for n, m in enumerate(messages)]
@@ -62,14 +63,3 @@ class FilePoller:
             log.warning("file not enqueued; will retry", file=path.name, error=str(exc)[:200])
             return
         path.replace(self.folder / self.options.done_dir / path.name)
-
-
-def _split(raw: bytes) -> list[bytes]:
-    """HL7 batch files and files of several messages -> their messages; anything else as it is."""
-    head = raw.lstrip(b"\xef\xbb\xbf\r\n ")
-    if head.startswith((b"FHS", b"BHS")) or (head.startswith(b"MSH") and head.count(b"MSH") > 1):
-        from ..formats.er7 import split_batch
-
-        parts = split_batch(raw)
-        return [p.encode("utf-8") if isinstance(p, str) else p for p in parts]
-    return [raw]
