@@ -20,6 +20,7 @@ from .intake import Intake, JournalWriter
 from .logging import get
 from .runtime import RouteRuntime, build_routes
 from .sources.base import SourceContext
+from .tls import server_context
 from .transport import Transport, open_transport
 from .worker import Worker
 
@@ -130,6 +131,10 @@ class App:
         if self.options.run_http:
             h = self.config.settings.http
             cfg = uvicorn.Config(self.http_app, host=h.host, port=h.port, log_level="warning", lifespan="off")
+            if h.tls is not None:  # our context (minimum version, client certificates), not uvicorn's
+                ctx = server_context(h.tls, str(self.config.base_dir), "settings.http.tls")
+                cfg.load()
+                cfg.ssl = ctx
             self.http_server = uvicorn.Server(cfg)
             self.http_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             http_task = asyncio.create_task(self.http_server.serve())

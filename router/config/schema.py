@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..tls import TlsOptions
 from .durations import Duration
 
 
@@ -110,6 +111,12 @@ class ListenerSettings(Strict):
     port: int = Field(ge=0, le=65535)
 
 
+class HttpListenerSettings(ListenerSettings):
+    tls: TlsOptions | None = Field(None, description="HTTPS on the HTTP listener (FHIR API, HTTP intake, health, "
+                                                     "metrics): {cert_file, key_file, ca_file, min_version}; "
+                                                     "ca_file makes it mutual TLS")
+
+
 class JwtSettings(Strict):
     """OAuth 2.0 bearer tokens (JWT): the signing key (a PEM public key file, a JWKS URL, or an
     HMAC secret read from an environment variable), and the issuer and audience they must carry."""
@@ -143,7 +150,7 @@ class Settings(Strict):
     plugins: list[str] = Field(default_factory=list, description="modules that register extra components, e.g. adapters.lis")
     mappings_dir: str = "mappings"
     mllp: ListenerSettings = ListenerSettings(port=2575)
-    http: ListenerSettings = ListenerSettings(port=8080)
+    http: HttpListenerSettings = HttpListenerSettings(port=8080)
     api: ApiSettings = ApiSettings()
     timezone: str = Field("Europe/Moscow", description="zone of HL7 times that carry no offset")
 

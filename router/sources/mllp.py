@@ -10,26 +10,13 @@ routes on one port must agree on all of it. The acknowledgment rules are in mllp
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..config.durations import Duration
 from ..registry import ComponentSpec
-
-
-class MllpTls(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    cert_file: str = Field(description="server certificate (PEM, with its chain); relative to routes.yaml")
-    key_file: str = Field(description="its private key (PEM, unencrypted); relative to routes.yaml")
-    ca_file: str | None = Field(None, description="CA certificates (PEM) of the clients: when set, every client "
-                                                   "must present a certificate they signed (mutual TLS)")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="lowest TLS version accepted")
-
-    @field_validator("min_version", mode="before")
-    @classmethod
-    def _number(cls, v: Any) -> Any:  # `min_version: 1.3` unquoted is a YAML float
-        return str(v) if isinstance(v, float) else v
+from ..tls import TlsOptions
 
 
 class MllpOptions(BaseModel):
@@ -39,7 +26,7 @@ class MllpOptions(BaseModel):
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger messages are refused (AR)")
     idle_timeout: Duration = Field(300.0, description="close a connection that sends nothing this long")
     ack_timeout: Duration = Field(30.0, description="longest wait for durable enqueue before answering AE")
-    tls: MllpTls | None = Field(None, description="TLS on this listener: {cert_file, key_file, ca_file, "
+    tls: TlsOptions | None = Field(None, description="TLS on this listener: {cert_file, key_file, ca_file, "
                                                   "min_version}; ca_file makes it mutual TLS")
     receiving_application: str | None = Field(None, description="refuse messages whose MSH-5 names another "
                                                                 "application (AR, ERR code 103)")
@@ -51,8 +38,7 @@ class MllpOptions(BaseModel):
 
     def claims(self, settings: Any) -> list[tuple[str, str | None]]:
         host, port = self.address(settings)
-        tls = self.tls
-        tls_key = f"tls({tls.cert_file},{tls.key_file},{tls.ca_file},{tls.min_version})" if tls else "plain"
+        tls_key = self.tls.key() if self.tls else "plain"
         return [(f"tcp port {port}",
                  f"mllp:{host}:{self.max_message_bytes}:{self.idle_timeout}:{self.ack_timeout}:{tls_key}"
                  f":to({self.receiving_application},{self.receiving_facility})")]

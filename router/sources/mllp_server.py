@@ -30,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, RejectedError, RouterError, TransportError
+from ..errors import InputError, RejectedError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
 from ..logging import get
 from .base import SourceContext
+from ..tls import server_context
 from .mllp import MllpOptions
 
 log = get("router.mllp")
@@ -124,29 +124,7 @@ class FrameReader:
 
 def server_ssl_context(options: MllpOptions, base_dir: str) -> ssl.SSLContext | None:
     """The listener's TLS context (None without `tls`). Raises RouterError naming the file at fault."""
-    tls = options.tls
-    if tls is None:
-        return None
-
-    def path(p: str) -> str:
-        q = Path(p).expanduser()
-        return str(q if q.is_absolute() else Path(base_dir) / q)
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(path(tls.cert_file), path(tls.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise RouterError(f"mllp source tls: cannot load cert_file {path(tls.cert_file)} / key_file "
-                          f"{path(tls.key_file)}: {getattr(exc, 'strerror', None) or exc}") from None
-    if tls.ca_file:
-        try:
-            ctx.load_verify_locations(cafile=path(tls.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise RouterError(f"mllp source tls: cannot load ca_file {path(tls.ca_file)}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return server_context(options.tls, base_dir, "mllp source tls")
 
 
 def _subject(writer: asyncio.StreamWriter) -> str:
