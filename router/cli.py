@@ -24,6 +24,7 @@ COMMANDS = {
     "apikey": "apikey",
     "send": "send",
     "bench": "bench",
+    "prune": "prune",
 }
 
 

@@ -194,3 +194,31 @@ def history(conn: sa.Connection, message_id: str) -> list[dict[str, Any]]:
     e = events.c
     stmt = sa.select(e.at, e.status, e.detail).where(e.message_id == message_id).order_by(e.at, e.seq)
     return [{str(k): v for k, v in r._mapping.items()} for r in conn.execute(stmt)]
+
+
+FINISHED = ("processed", "filtered", "duplicate", "refused")  # nothing more will happen to them
+
+
+@dataclass(frozen=True)
+class Pruned:
+    messages: int = 0
+    events: int = 0
+    resend_keys: int = 0
+
+
+def prune(conn: sa.Connection, before: float, *, resend_keys: bool = False, limit: int = 5000) -> Pruned:
+    """Delete up to `limit` finished messages (see FINISHED) last updated before `before`, with
+    their events, inside the caller's transaction; call it again until it prunes none. Messages
+    still queued, retrying or dead-lettered stay. With `resend_keys`, their resend keys go too: a
+    resend of such a message is then processed again (its resources upsert to the same ids, so
+    it makes new versions, not new records)."""
+    m = messages.c
+    ids = [r[0] for r in conn.execute(sa.select(m.id).where(m.status.in_(FINISHED), m.updated_at < before)
+                                      .order_by(m.updated_at).limit(limit))]
+    if not ids:
+        return Pruned()
+    n_events = conn.execute(events.delete().where(events.c.message_id.in_(ids))).rowcount
+    n_keys = conn.execute(processed_keys.delete().where(processed_keys.c.message_id.in_(ids))).rowcount \
+        if resend_keys else 0
+    n_messages = conn.execute(messages.delete().where(m.id.in_(ids))).rowcount
+    return Pruned(n_messages, n_events, n_keys)

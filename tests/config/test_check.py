@@ -72,7 +72,7 @@ def test_cli_reports_every_problem_of_several_routes_in_one_run() -> None:
         "9:32: routes[1].source.port: Input should be a valid integer, unable to parse string as an integer (got 'abc')",
         "10:14: routes[1].mapping: unknown mapping 'nosuch' (known: passthrough)",
         "11:23: routes[1].retry.attempts: Input should be greater than or equal to 1 (got 0)",
-        "11:41: routes[1].retry.initial_delay: '5x' is not a duration (use seconds or a string like 500ms, 5s, 2m, 1h)",
+        "11:41: routes[1].retry.initial_delay: '5x' is not a duration (use seconds or a string like 500ms, 5s, 2m, 1h, 30d)",
         "12:27: routes[1].destinations[0].type: unknown destination type 'stor' (did you mean 'store'?)",
         "19:13: routes[3].accept: routes 'adt' and 'adt-copy' both accept ADT^* and *^A01 (e.g. ADT^A01) on the "
         "shared listener tcp port 2575 (routes sharing a listener need disjoint 'accept' lists)",
@@ -224,7 +224,7 @@ def test_destination_options_of_the_wrong_type() -> None:
     assert problems(f) == expect(
         f,
         "5:40: routes[0].destinations[0].fsync: Input should be a valid boolean, unable to interpret input (got 'maybe')",
-        "6:48: routes[0].destinations[1].timeout: '5x' is not a duration (use seconds or a string like 500ms, 5s, 2m, 1h)",
+        "6:48: routes[0].destinations[1].timeout: '5x' is not a duration (use seconds or a string like 500ms, 5s, 2m, 1h, 30d)",
         "7:29: routes[0].destinations[2].queue: Input should be a valid string (got a list)",
         "8:9: routes[0].destinations[3]: missing required key 'path'",
         "8:22: routes[0].destinations[3].pth: unknown key 'pth' (did you mean 'path'?)",
@@ -332,7 +332,7 @@ def test_duration_negative_number_raises(x: float) -> None:
         parse_duration(x)
 
 
-@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["ms", "s", "m", "h", ""]))
+@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["ms", "s", "m", "h", "d", ""]))
 def test_duration_negative_string_raises(n: int, unit: str) -> None:
     with pytest.raises(ValueError, match="cannot be negative"):
         parse_duration(f"-{n}{unit}")
@@ -340,7 +340,7 @@ def test_duration_negative_string_raises(n: int, unit: str) -> None:
 
 @given(st.one_of(
     st.text().filter(lambda s: not re.search(r"\d", s)),  # no number at all
-    st.tuples(st.integers(min_value=0, max_value=999), st.sampled_from(["x", "sec", "d", "ms5", "5", "MS", " m s"]))
+    st.tuples(st.integers(min_value=0, max_value=999), st.sampled_from(["x", "sec", "dd", "ms5", "5", "MS", " m s"]))
       .map(lambda t: f"{t[0]}{t[1]}" if t[1] != "5" else f"{t[0]}.{t[1]}.{t[1]}"),
     st.sampled_from([None, True, False, [], {}, float("nan"), float("inf"), 10**400]),
 ))
