@@ -36,6 +36,7 @@ from typing import Any
 from ..errors import InputError, RejectedError, RouterError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
+from ..formats.ack import wanted as _wanted
 from ..logging import get
 from .base import SourceContext
 from .mllp import MllpOptions
@@ -308,14 +309,3 @@ def _same_hd(want: str, got: str, cs: str) -> bool:
     The configured value is written with ^ between components, whatever the sender's separator."""
     got = got.replace(cs, "^")
     return got == want or got.split("^")[0] == want
-
-
-def _wanted(accept_ack_type: str, cls: str) -> bool:
-    """Does MSH-15 ask for a commit ACK with this outcome (A accepted, E error, R reject)?"""
-    if accept_ack_type == "NE":
-        return False
-    if accept_ack_type == "ER":
-        return cls != "A"
-    if accept_ack_type == "SU":
-        return cls == "A"
-    return True  # AL, or a value outside table 0155: answer always

@@ -1,0 +1,351 @@
+"""Enhanced acknowledgment mode end to end with the real CLI: the commit ACK from the MLLP and HTTP
+sources, then the application ACK (MSH-16) that the worker sends after processing to the route's
+return address, a test MLLP listener here. On the embedded defaults and on RabbitMQ + PostgreSQL."""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from router.formats import hl7v2
+from router.formats.ack import AckInfo, build_ack, read_ack
+from router.store.tables import resources
+from tests.support.hl7 import free_port, oru
+from tests.support.proc import RouterProcess, router_env, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ROUTES = """
+settings:
+  plugins: [tests.support.faults]
+routes:
+  - name: lab
+    source: {{type: mllp, port: {mllp}}}
+    accept: [ORU^R01]
+    mapping: tests.support.faults:to_bundle
+    destinations: [store]
+    application_ack:
+      destination: {{type: mllp, host: 127.0.0.1, port: {back}, timeout: 2s}}
+      retry: {{attempts: 30, initial_delay: 0.3, max_delay: 1, jitter: 0}}
+  - name: orders
+    source: {{type: mllp, port: {mllp}}}
+    accept: [ORM^O01]
+    mapping: tests.support.faults:to_bundle
+    destinations: [store]
+    application_ack:
+      destination: {{type: mllp, host: 127.0.0.1, port: {nowhere}, timeout: 1s}}
+      retry: {{attempts: 2, initial_delay: 0.2, jitter: 0}}
+  - name: web
+    source: {{type: http, path: /hl7}}
+    accept: [ORU^R01]
+    mapping: tests.support.faults:to_bundle
+    destinations: [store]
+    application_ack:
+      destination: {{type: mllp, host: 127.0.0.1, port: {back}, wait_for_ack: false}}
+"""
+
+
+def enhanced(cid: str, accept: str = "AL", application: str = "AL", mtype: str = "ORU^R01", extra: str = "") -> bytes:
+    return oru(cid, mtype=mtype, extra=extra).replace(b"|P|2.5\r", f"|P|2.5|||{accept}|{application}\r".encode())
+
+
+def basic_id(cid: str) -> str:
+    """The id the test mapping gives the message's resource (from OBR-2, 'ORD' + control id)."""
+    return hashlib.sha1(f"ORD{cid}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class Received:
+    ack: AckInfo
+    raw: bytes
+    stored: bool  # the message's resource was in the store when its ACK arrived
+
+
+class ReturnAddress:
+    """The sender's MLLP listener for application ACKs: records every frame (and whether the
+    acknowledged message's record was already in the store) and answers AA."""
+
+    def __init__(self, port: int, stored: Callable[[str], bool]) -> None:
+        self.port, self.stored = port, stored
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+
+    def start(self) -> ReturnAddress:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(16)
+        self.sock = s
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\x1c\x0d" in buf:
+                    frame, _, buf = buf.partition(b"\x1c\x0d")
+                    raw = frame[frame.index(b"\x0b") + 1:]
+                    ack = read_ack(raw)
+                    with self.lock:
+                        self.received.append(Received(ack, raw, self.stored(ack.control_id)))
+                    conn.sendall(b"\x0b" + build_ack(hl7v2.parse_header(hl7v2.decode(raw)), "AA") + b"\x1c\x0d")
+        except OSError:
+            return
+
+    def acks_for(self, control_id: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.ack.control_id == control_id]
+
+    def wait_for(self, control_id: str, timeout: float = 30) -> Received:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.acks_for(control_id)
+            if got:
+                return got[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no application ACK for {control_id} within {timeout}s; got "
+                             f"{[r.ack.control_id for r in self.received]}")
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of its thread
+            except OSError:
+                pass
+            self.sock.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+
+@dataclass
+class Engine:
+    proc: RouterProcess
+    folder: Path
+    env: dict[str, str]
+    db: sa.Engine
+    mllp: int
+    http: int
+    back: int
+
+    def stored(self, cid: str) -> bool:
+        with self.db.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(resources)
+                                .where(resources.c.id == basic_id(cid))).scalar_one() > 0
+
+    def journal(self, route: str) -> list[dict[str, Any]]:
+        res = run_cli(["messages", "--route", route, "--json", "--limit", "1000"], self.folder, self.env)
+        assert res.returncode == 0, res.stderr
+        return [json.loads(line) for line in res.stdout.splitlines()]
+
+    def wait_journal(self, route: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 30,
+                     what: str = "") -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = self.journal(route)
+            if predicate(rows):
+                return rows
+            time.sleep(0.3)
+        raise AssertionError(f"journal of {route}: {what} not reached; rows {rows}")
+
+    def listener(self) -> ReturnAddress:
+        return ReturnAddress(self.back, self.stored)
+
+
+@pytest.fixture(scope="module", params=["embedded", "rabbitmq+postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    import uuid
+
+    from tests.conftest import POSTGRES_URL, RABBITMQ_URL, require_service
+
+    folder = tmp_path_factory.mktemp("app-ack")
+    ports = {k: free_port() for k in ("mllp", "http", "back", "nowhere")}
+    (folder / "routes.yaml").write_text(ROUTES.format(**ports))
+    schema = None
+    if request.param == "embedded":
+        env = router_env(PYTHONPATH=str(ROOT))
+        db_url = f"sqlite:///{folder}/var/router.db"
+    else:
+        require_service("RabbitMQ", "127.0.0.1", 5672)
+        require_service("PostgreSQL", "127.0.0.1", 5432)
+        schema = f"t_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(POSTGRES_URL)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        db_url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        env = router_env(ROUTER_BROKER_URL=RABBITMQ_URL, ROUTER_DATABASE_URL=db_url,
+                         ROUTER_NAMESPACE=f"t{uuid.uuid4().hex[:10]}", PYTHONPATH=str(ROOT))
+    proc = RouterProcess(["run", "--http-port", str(ports["http"])], folder, env, http_port=ports["http"])
+    db = sa.create_engine(db_url)
+    try:
+        proc.wait_healthy()
+        yield Engine(proc, folder, env, db, ports["mllp"], ports["http"], ports["back"])
+    finally:
+        proc.kill()
+        db.dispose()
+        if schema is not None:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+
+@pytest.fixture
+def back(engine: Engine) -> Iterator[ReturnAddress]:
+    listener = engine.listener().start()
+    yield listener
+    listener.stop()
+
+
+def commit_ack(port: int, message: bytes, timeout: float = 15) -> AckInfo:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"\x0b" + message + b"\x1c\x0d")
+        buf = b""
+        while not buf.endswith(b"\x1c\x0d"):
+            chunk = s.recv(65536)
+            assert chunk, "connection closed before the commit ACK"
+            buf += chunk
+    return read_ack(buf[1:-2])
+
+
+def fields(raw: bytes, segment: str) -> list[str]:
+    fs = raw[3:4].decode()
+    return next(s for s in raw.decode().split("\r") if s.startswith(segment)).split(fs)
+
+
+# --------------------------------------------------------------------------- MLLP
+
+
+def test_commit_ack_then_application_aa_after_the_store_commit(engine: Engine, back: ReturnAddress) -> None:
+    cid = f"AA-{time.monotonic_ns()}"
+    commit = commit_ack(engine.mllp, enhanced(cid))
+    assert (commit.code, commit.control_id) == ("CA", cid)
+    got = back.wait_for(cid)
+    assert got.ack.code == "AA" and got.ack.errors == ()
+    assert got.stored, "the application ACK arrived before the record was in the store"
+    msh = fields(got.raw, "MSH")
+    # sender and receiver swapped (the message: LIS|LAB -> EHR|HOSP), the sender's version
+    assert msh[2:6] == ["EHR", "HOSP", "LIS", "LAB"] and msh[11] == "2.5" and msh[8] == "ACK^R01^ACK"
+    # the ACK route journals what it sent
+    rows = engine.wait_journal("lab.ack", lambda rs: any(r["status"] == "processed" for r in rs), what="ACK sent")
+    assert any(r["control_id"] == msh[9] for r in rows)
+
+
+def test_a_permanent_failure_gets_ca_then_application_ae_with_err(engine: Engine, back: ReturnAddress) -> None:
+    cid = f"AE-{time.monotonic_ns()}"
+    commit = commit_ack(engine.mllp, enhanced(cid, extra="POISON"))
+    assert commit.code == "CA"  # accepted: it is durably queued
+    got = back.wait_for(cid)
+    assert got.ack.code == "AE" and not got.stored
+    [err] = got.ack.errors
+    assert err.code == "207" and "MappingError: poison message" in err.text
+    assert "MappingError" in got.ack.text
+    rows = engine.journal("lab")
+    assert any(r["control_id"] == cid and r["status"] == "dead-lettered" for r in rows)
+
+
+def test_msh16_er_on_success_sends_no_application_ack(engine: Engine, back: ReturnAddress) -> None:
+    quiet, loud = f"ER-{time.monotonic_ns()}", f"AL-{time.monotonic_ns()}"
+    assert commit_ack(engine.mllp, enhanced(quiet, application="ER")).code == "CA"
+    engine.wait_journal("lab", lambda rs: any(r["control_id"] == quiet and r["status"] == "processed" for r in rs),
+                        what=f"{quiet} processed")
+    assert commit_ack(engine.mllp, enhanced(loud)).code == "CA"  # processed after it, on the same worker
+    back.wait_for(loud)
+    assert back.acks_for(quiet) == []
+    # ...and MSH-16 = SU with a failure: none either
+    su = f"SU-{time.monotonic_ns()}"
+    assert commit_ack(engine.mllp, enhanced(su, application="SU", extra="POISON")).code == "CA"
+    engine.wait_journal("lab", lambda rs: any(r["control_id"] == su and r["status"] == "dead-lettered" for r in rs),
+                        what=f"{su} dead-lettered")
+    after = f"AL2-{time.monotonic_ns()}"
+    commit_ack(engine.mllp, enhanced(after))
+    back.wait_for(after)
+    assert back.acks_for(su) == []
+
+
+def test_a_return_address_that_is_down_is_retried_until_it_comes_up(engine: Engine) -> None:
+    cid = f"DOWN-{time.monotonic_ns()}"
+    assert commit_ack(engine.mllp, enhanced(cid)).code == "CA"
+    rows = engine.wait_journal("lab.ack", lambda rs: any(r["status"] == "retrying" and r["attempts"] >= 2 for r in rs),
+                               what="the ACK retried twice")
+    assert any("cannot connect" in (r["error"] or "") for r in rows)
+    listener = engine.listener().start()
+    try:
+        got = listener.wait_for(cid)
+        assert got.ack.code == "AA" and got.stored
+    finally:
+        listener.stop()
+
+
+def test_an_undeliverable_ack_is_dead_lettered_with_its_reason(engine: Engine) -> None:
+    cid = f"DEAD-{time.monotonic_ns()}"
+    assert commit_ack(engine.mllp, enhanced(cid, mtype="ORM^O01")).code == "CA"
+    rows = engine.wait_journal("orders.ack", lambda rs: any(r["status"] == "dead-lettered" for r in rs),
+                               what="the ACK dead-lettered")
+    [dead] = [r for r in rows if r["status"] == "dead-lettered"]
+    assert dead["attempts"] == 2 and "DestinationUnavailable" in dead["error"] and "cannot connect" in dead["error"]
+    # the message itself was processed; its ACK waits in the ACK route's dead-letter queue
+    assert any(r["control_id"] == cid and r["status"] == "processed" for r in engine.journal("orders"))
+    res = run_cli(["dlq", "list", "--route", "orders.ack"], engine.folder, engine.env)
+    assert res.returncode == 0 and dead["id"][:8] in res.stdout, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@pytest.mark.parametrize(("accept", "status", "code"), [("AL", 200, "CA"), ("SU", 200, "CA"), ("ER", 204, None),
+                                                         ("NE", 204, None), ("", 200, "AA")])
+def test_http_answers_in_enhanced_mode_when_msh15_is_set(engine: Engine, back: ReturnAddress, accept: str,
+                                                         status: int, code: str | None) -> None:
+    cid = f"H{accept}-{time.monotonic_ns()}"
+    body = enhanced(cid, accept=accept) if accept else oru(cid)
+    r = httpx.post(f"http://127.0.0.1:{engine.http}/hl7", content=body,
+                   headers={"Content-Type": "x-application/hl7-v2+er7"}, timeout=15)
+    assert r.status_code == status, r.text
+    if code is None:
+        assert r.content == b""
+    else:
+        ack = read_ack(r.content)
+        assert (ack.code, ack.control_id) == (code, cid)
+    if accept:  # MSH-16 = AL: the application ACK follows, through the route's return address
+        got = back.wait_for(cid)
+        assert got.ack.code == "AA" and got.stored
+
+
+def test_http_refusal_in_enhanced_mode_is_cr(engine: Engine) -> None:
+    cid = f"HR-{time.monotonic_ns()}"
+    r = httpx.post(f"http://127.0.0.1:{engine.http}/hl7", content=enhanced(cid, mtype="ADT^A01"),
+                   headers={"Content-Type": "x-application/hl7-v2+er7"}, timeout=15)
+    assert r.status_code == 200
+    ack = read_ack(r.content)
+    assert (ack.code, ack.control_id) == ("CR", cid) and ack.errors[0].code == "200"
