@@ -18,9 +18,10 @@ version and encoding characters, MSA-2 = MSH-10, an ERR segment on errors):
   cut short - ERR 207).
 * enhanced mode (MSH-15 = AL, ER, NE or SU): the same outcomes as the commit ACK CA / CE / CR,
   sent per MSH-15: AL always, ER only on CE/CR, SU only on CA, NE never (the connection stays
-  open for the next message). An unknown MSH-15 value is answered as AL. Only the commit ACK is
-  sent: the application acknowledgment that MSH-16 asks for is not (yet) sent after processing;
-  MSH-15 and MSH-16 are kept in the envelope headers (accept_ack_type, application_ack_type).
+  open for the next message). An unknown MSH-15 value is answered as AL. The application
+  acknowledgment that MSH-16 asks for is the worker's, after processing, sent to the route's
+  return address (router/app_ack.py); MSH-15 and MSH-16 are kept in the envelope headers
+  (accept_ack_type, application_ack_type).
 
 A resent message (same sender and MSH-10) is acknowledged again like the first; the worker
 recognises it and does not process it twice.
