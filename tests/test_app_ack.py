@@ -17,9 +17,18 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from router.app_ack import ack_envelope
+from router.config.loader import load_config
+from router.destinations.base import DestinationContext, Output
+from router.destinations.mllp import MllpDestination, MllpOptions
+from router.envelope import Envelope
+from router.errors import (ConfigError, DestinationRejected, DestinationUnavailable, MappingError,
+                           RejectedError)
 from router.formats import hl7v2
 from router.formats.ack import AckInfo, build_ack, read_ack
+from router.runtime import Settled
 from router.store.tables import resources
+from tests.support.harness import Harness
 from tests.support.hl7 import free_port, oru
 from tests.support.proc import RouterProcess, router_env, run_cli
 
@@ -349,3 +358,219 @@ def test_http_refusal_in_enhanced_mode_is_cr(engine: Engine) -> None:
     assert r.status_code == 200
     ack = read_ack(r.content)
     assert (ack.code, ack.control_id) == ("CR", cid) and ack.errors[0].code == "200"
+
+
+# --------------------------------------------------------------------------- which ACK, if any (no services)
+
+
+def settled(raw: bytes, status: str = "processed", error: BaseException | None = None) -> Settled:
+    env = Envelope(route="lab", raw=raw, sender="LIS|LAB", control_id="X1")
+    if error is not None:
+        env.record_failure(error, False)
+    return Settled(env, status, error)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("msh16", "ok", "failed"), [
+    ("AL", "AA", "AE"), ("ER", None, "AE"), ("SU", "AA", None), ("NE", None, None), ("", None, None),
+    ("XX", "AA", "AE"),  # outside table 0155: as AL
+])
+def test_msh16_decides_whether_an_application_ack_is_sent(msh16: str, ok: str | None, failed: str | None) -> None:
+    good = ack_envelope(settled(enhanced("X1", application=msh16)), "lab.ack")
+    bad = ack_envelope(settled(enhanced("X1", application=msh16), "dead-lettered", MappingError("no")), "lab.ack")
+    assert (read_ack(good.raw).code if good else None) == ok
+    assert (read_ack(bad.raw).code if bad else None) == failed
+
+
+def test_filtered_is_aa_a_refusal_is_ar_and_other_failures_ae_with_err() -> None:
+    filtered = ack_envelope(settled(enhanced("X1"), "filtered"), "lab.ack")
+    assert filtered is not None and read_ack(filtered.raw).code == "AA"
+    refused = ack_envelope(settled(enhanced("X1"), "dead-lettered", RejectedError("not for us")), "lab.ack")
+    assert refused is not None
+    info = read_ack(refused.raw)
+    assert info.code == "AR" and info.errors[0].code == "207" and "RejectedError: not for us" in info.errors[0].text
+    gone = ack_envelope(settled(enhanced("X1"), "dead-lettered", DestinationUnavailable("db down")), "lab.ack")
+    assert gone is not None and read_ack(gone.raw).code == "AE"
+    assert ack_envelope(settled(b'{"resourceType": "Bundle"}'), "lab.ack") is None  # not HL7: nothing to answer
+
+
+def test_the_ack_uses_the_senders_encoding_characters_and_version() -> None:
+    raw = (b"MSH|#~\\&|LIS|LAB|EHR|HOSP|20240101120000||ORU#R01|V23|P|2.3.1|||AL|AL\r"
+           b"PID|1||12345##HOSP#MR\r")
+    env = ack_envelope(settled(raw, "dead-lettered", MappingError("bad | value")), "lab.ack")
+    assert env is not None
+    text = env.raw.decode()
+    assert text.startswith("MSH|#~\\&|EHR|HOSP|LIS|LAB|") and "|ACK#R01#ACK|" in text and "|P|2.3.1" in text
+    assert "MSA|AE|V23|" in text
+    err = next(s for s in text.split("\r") if s.startswith("ERR"))
+    assert err.startswith("ERR|###207&")  # before 2.5: ERR-1 ELD, components with the sender's '#'
+    assert "bad \\F\\ value" in text  # the field separator in the text is escaped
+
+
+def test_the_ack_id_is_stable_for_a_redelivery_and_new_for_a_replay() -> None:
+    raw = enhanced("X1")
+    s = settled(raw)
+    first, again = ack_envelope(s, "lab.ack"), ack_envelope(s, "lab.ack")
+    assert first is not None and again is not None
+    assert first.id == again.id and first.control_id == again.control_id
+    assert first.headers["acknowledges"] == s.envelope.id and first.source == f"app-ack:{s.envelope.id}"
+    s.envelope.record_failure(MappingError("x"), False)  # dead-lettered, replayed, processed: a new ACK
+    assert ack_envelope(s, "lab.ack").id != first.id  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- configuration errors
+
+
+def test_application_ack_problems_name_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text("""routes:
+  - name: lab
+    source: mllp
+    accept: [ORU^R01]
+    destinations: [discard]
+    application_ack:
+      destination: {type: store}
+  - name: adt
+    source: mllp
+    accept: [ADT^A01]
+    destinations: [discard]
+    application_ack:
+      destination: {type: mllp, hots: lis, port: 2577}
+      retry: {attempts: 0}
+  - name: orm
+    source: mllp
+    accept: [ORM^O01]
+    destinations: [discard]
+    application_ack: {destination: {type: mlp}}
+  - name: orm.ack
+    source: {type: http, path: /x}
+    destinations: [discard]
+""")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    got = [(p.line, p.message) for p in exc.value.problems]
+    f = str(path)
+    assert all(p.file == f for p in exc.value.problems)
+    assert (7, "routes[0].application_ack.destination: the store destination cannot take application ACKs "
+               "(they are HL7 messages, not FHIR resources)") in got
+    assert (13, "routes[1].application_ack.destination: missing required key 'host'") in got
+    assert (13, "routes[1].application_ack.destination.hots: unknown key 'hots'") in got
+    assert (14, "routes[1].application_ack.retry.attempts: Input should be greater than or equal to 1 (got 0)") in got
+    assert (19, "routes[2].application_ack.destination.type: unknown destination type 'mlp'") in got
+    assert any(line == 19 and "internal route 'orm.ack', and a route has that name" in m for line, m in got)
+
+
+def test_a_route_with_application_ack_gets_its_internal_ack_route(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text("""routes:
+  - name: lab
+    source: mllp
+    destinations: [discard]
+    queue_type: quorum
+    application_ack:
+      destination: {type: mllp, host: lis.example, port: 2577}
+      retry: {attempts: 3, initial_delay: 1s}
+""")
+    config = load_config(path)
+    assert [(r.name, r.acknowledges) for r in config.routes] == [("lab", None), ("lab.ack", "lab")]
+    ack = config.route("lab.ack")
+    assert ack.source is None and ack.filter is None and ack.route.mapping is None
+    assert [d.spec.name for d in ack.destinations] == ["mllp"] and ack.destinations[0].options.host == "lis.example"
+    assert ack.route.retry.attempts == 3 and ack.route.queue_type == "quorum"
+    res = run_cli(["check", str(path)], tmp_path)
+    assert res.returncode == 0 and "OK, 1 route" in res.stdout
+
+
+# --------------------------------------------------------------------------- the mllp destination
+
+
+class Receiver(ReturnAddress):
+    """An MLLP receiver that answers every message with a given ACK code."""
+
+    def __init__(self, port: int, code: str) -> None:
+        super().__init__(port, lambda cid: False)
+        self.code = code
+        self.messages: list[bytes] = []
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\x1c\x0d" in buf:
+                    frame, _, buf = buf.partition(b"\x1c\x0d")
+                    raw = frame[frame.index(b"\x0b") + 1:]
+                    self.messages.append(raw)
+                    header = hl7v2.parse_header(hl7v2.decode(raw))
+                    conn.sendall(b"\x0b" + build_ack(header, self.code, "said so", error=None if self.code == "AA"
+                                                     else "application-error") + b"\x1c\x0d")
+        except OSError:
+            return
+
+
+def mllp_destination(port: int, **options: Any) -> MllpDestination:
+    return MllpDestination(MllpOptions(host="127.0.0.1", port=port, timeout=2, **options),
+                           DestinationContext(base_dir=".", route="t", transport=None, extra={}))
+
+
+def outputs(*cids: str) -> list[Output]:
+    return [Output(Envelope(route="t", raw=oru(c)), oru(c), "x-application/hl7-v2+er7") for c in cids]
+
+
+@pytest.mark.parametrize(("code", "error"), [("AA", None), ("CA", None), ("AE", DestinationUnavailable),
+                                             ("CE", DestinationUnavailable), ("AR", DestinationRejected),
+                                             ("CR", DestinationRejected)])
+def test_mllp_destination_reads_the_receivers_ack(code: str, error: type[Exception] | None) -> None:
+    port = free_port()
+    receiver = Receiver(port, code).start()
+    try:
+        dest = mllp_destination(port)
+        if error is None:
+            dest.write(outputs("M1", "M2"), None)
+            assert [hl7v2.parse_header(hl7v2.decode(m)).control_id for m in receiver.messages] == ["M1", "M2"]
+        else:
+            with pytest.raises(error, match=f"answered {code}: said so"):
+                dest.write(outputs("M1"), None)
+    finally:
+        receiver.stop()
+
+
+def test_mllp_destination_without_a_receiver_is_transient() -> None:
+    dest = mllp_destination(free_port())
+    with pytest.raises(DestinationUnavailable, match="cannot connect"):
+        dest.write(outputs("M1"), None)
+
+
+# --------------------------------------------------------------------------- an ACK queued twice is sent once
+
+
+def test_an_ack_queued_again_after_a_redelivery_is_sent_once(tmp_path: Path, namespace: str, sqlite_url: str) -> None:
+    port = free_port()
+    h = Harness(tmp_path, f"""
+routes:
+  - name: lab
+    source: mllp
+    destinations: [discard]
+    application_ack:
+      destination: {{type: mllp, host: 127.0.0.1, port: {port}}}
+""", broker_url=None, database_url=sqlite_url, namespace=namespace)
+    listener = ReturnAddress(port, lambda cid: False).start()
+    try:
+        h.start()
+        env = h.send(enhanced("TWICE"))
+        listener.wait_for("TWICE")
+        lab = h.routes[0]
+        [hook] = lab.on_settled
+        hook([Settled(env, "processed")])  # what the hooks do when a committed batch is redelivered
+        h.wait_for(lambda: list(h.statuses().values()).count("processed") == 2, what="the ACK journaled")
+        ack_queue = h.routes[1].queues.work
+        h.wait_for(lambda: h.transport.depth(ack_queue) == 0, what="the second copy taken")
+        time.sleep(0.5)
+        assert len(listener.acks_for("TWICE")) == 1
+        acks = [r for r in h.statuses() if r != env.id]
+        assert len(acks) == 1 and h.row(acks[0])["route"] == "lab.ack"
+    finally:
+        listener.stop()
+        h.close()

@@ -62,7 +62,8 @@ def client_ssl_context(tls: MllpClientTls, base_dir: str) -> ssl.SSLContext:
         if tls.cert_file:
             ctx.load_cert_chain(path(tls.cert_file), path(tls.key_file) if tls.key_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise RouterError(f"mllp destination tls: cannot load its files: {getattr(exc, 'strerror', None) or exc}") from None
+        why = getattr(exc, "strerror", None) or exc
+        raise RouterError(f"mllp destination tls: cannot load its files: {why}") from None
     return ctx
 
 
