@@ -26,7 +26,8 @@ from pydantic import BaseModel
 
 from ..errors import ConfigError, Problem
 from ..registry import ComponentSpec, Kind, Registry, did_you_mean
-from .schema import ComponentRef, Route, RoutesFile, Settings, as_destination, as_destinations, as_filter, as_source
+from .schema import (ComponentRef, Route, RoutesFile, Settings, as_destination, as_destinations, as_filter,
+                     as_source)
 from .yaml_marks import Marks, YamlProblem, dotted, load_with_marks, mark_for
 
 
@@ -81,7 +82,6 @@ def ack_route(rc: RouteConfig) -> RouteConfig:
                   source={"type": "engine"}, destinations=[a.destination], retry=a.retry,
                   queue_type=rc.route.queue_type)
     return RouteConfig(route, None, None, (rc.application_ack,), acknowledges=rc.name)
-
 
 
 @dataclass(frozen=True)
