@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -574,3 +575,42 @@ routes:
     finally:
         listener.stop()
         h.close()
+
+
+class TlsReceiver(Receiver):
+    """The same over mutual TLS: the client must present a certificate the test CA signed."""
+
+    def __init__(self, port: int, certs: dict[str, Path]) -> None:
+        super().__init__(port, "AA")
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(certs["server"]), str(certs["server.key"]))
+        self.ctx.load_verify_locations(cafile=str(certs["ca"]))
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.peers: list[str] = []
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            return
+        subject = dict(x[0] for x in tls.getpeercert()["subject"])  # type: ignore[index]
+        self.peers.append(str(subject["commonName"]))
+        super()._serve(tls)
+
+
+def test_mllp_destination_over_mutual_tls(tmp_path: Path) -> None:
+    from tests.test_mllp import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    port = free_port()
+    receiver = TlsReceiver(port, certs).start()
+    try:
+        tls = {"ca_file": str(certs["ca"]), "cert_file": str(certs["client"]), "key_file": str(certs["client.key"])}
+        mllp_destination(port, tls=tls).write(outputs("T1"), None)
+        assert receiver.peers == ["lis-client"] and len(receiver.messages) == 1
+        # a certificate that does not name the expected host: transient (it may be fixed), with the reason
+        other = {"ca_file": str(certs["ca"]), "server_hostname": "elsewhere.example"}
+        with pytest.raises(DestinationUnavailable, match="TLS handshake failed"):
+            mllp_destination(port, tls=other).write(outputs("T2"), None)
+    finally:
+        receiver.stop()
