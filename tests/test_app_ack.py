@@ -18,12 +18,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from router import journal
 from router.app_ack import ack_envelope
 from router.config.loader import load_config
 from router.destinations.base import DestinationContext, Output
 from router.destinations.mllp import MllpDestination, MllpOptions
 from router.envelope import Envelope
-from router.errors import (ConfigError, DestinationRejected, DestinationUnavailable, MappingError,
+from router.errors import (ConfigError, DestinationRejected, DestinationUnavailable, MappingError, TransportError,
                            RejectedError)
 from router.formats import hl7v2
 from router.formats.ack import AckInfo, build_ack, read_ack
@@ -267,8 +268,10 @@ def test_commit_ack_then_application_aa_after_the_store_commit(engine: Engine, b
     # sender and receiver swapped (the message: LIS|LAB -> EHR|HOSP), the sender's version
     assert msh[2:6] == ["EHR", "HOSP", "LIS", "LAB"] and msh[11] == "2.5" and msh[8] == "ACK^R01^ACK"
     # the ACK route journals what it sent
-    rows = engine.wait_journal("lab.ack", lambda rs: any(r["status"] == "processed" for r in rs), what="ACK sent")
-    assert any(r["control_id"] == msh[9] for r in rows)
+    rows = engine.wait_journal("lab.ack", lambda rs: any(r["control_id"] == msh[9] and r["status"] == "processed"
+                                                         for r in rs), what="ACK sent")
+    [row] = [r for r in rows if r["control_id"] == msh[9]]
+    assert row["source"].startswith("app-ack:") and row["message_type"] == "ACK^R01"
 
 
 def test_a_permanent_failure_gets_ca_then_application_ae_with_err(engine: Engine, back: ReturnAddress) -> None:
@@ -614,3 +617,42 @@ def test_mllp_destination_over_mutual_tls(tmp_path: Path) -> None:
             mllp_destination(port, tls=other).write(outputs("T2"), None)
     finally:
         receiver.stop()
+
+
+def test_a_hook_failure_after_the_commit_redelivers_the_batch_and_the_ack_is_sent_once(
+        tmp_path: Path, namespace: str, sqlite_url: str) -> None:
+    """What a crash between the commit and the ack of a batch does: the batch comes back, the
+    dedupe skips it, the hooks run again; the message is processed once and its ACK sent once."""
+    port = free_port()
+    h = Harness(tmp_path, f"""
+routes:
+  - name: lab
+    source: mllp
+    destinations: [discard]
+    application_ack:
+      destination: {{type: mllp, host: 127.0.0.1, port: {port}}}
+""", broker_url=None, database_url=sqlite_url, namespace=namespace)
+    calls: list[int] = []
+
+    def fails_once(settled: list[Settled]) -> None:
+        calls.append(len(settled))
+        if len(calls) == 1:
+            raise TransportError("lost the connection after the commit")
+
+    h.routes[0].on_settled.append(fails_once)  # after the application ACK hook: its ACK is already queued
+    listener = ReturnAddress(port, lambda cid: False).start()
+    try:
+        h.start()
+        env = h.send(enhanced("CRASH"))
+        listener.wait_for("CRASH")
+        h.wait_for(lambda: len(calls) >= 2, what="the hooks run again on the redelivery")
+        h.wait_for(lambda: h.transport.depth(h.routes[1].queues.work) == 0, what="the ACK queue drained")
+        time.sleep(0.5)
+        assert len(listener.acks_for("CRASH")) == 1
+        assert h.statuses()[env.id] == "processed"
+        with h.engine.connect() as conn:  # processed once: one processed event, no second run
+            events = conn.execute(sa.select(journal.events.c.status).where(journal.events.c.message_id == env.id))
+            assert [e[0] for e in events].count("processed") == 1
+    finally:
+        listener.stop()
+        h.close()
