@@ -111,9 +111,11 @@ class App:
         self.journal_writer = JournalWriter(self.engine)
         groups: dict[tuple[str, str], list[RouteRuntime]] = defaultdict(list)
         for r in self.routes:  # the same grouping `router check` validated
-            groups[listener_key(r.config.source, self.config.settings)].append(r)
+            if r.config.source is not None:  # None: an internal route (application ACKs)
+                groups[listener_key(r.config.source, self.config.settings)].append(r)
         for routes in groups.values():
             src = routes[0].config.source
+            assert src is not None
             intake = Intake(routes, self.transport, self.journal_writer,
                             publish_timeout=getattr(src.options, "ack_timeout", 30.0))
             ctx = SourceContext(intake=intake, settings=self.config.settings, base_dir=str(self.config.base_dir),

@@ -58,6 +58,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "amqp": "router.destinations.amqp:SPEC",
         "http": "router.destinations.http:SPEC",
         "discard": "router.destinations.discard:SPEC",
+        "mllp": "router.destinations.mllp:SPEC",
     },
 }
 

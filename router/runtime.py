@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .config.loader import Config, RouteConfig
 from .destinations.base import Destination, DestinationContext
+from .envelope import Envelope
 from .filters import Predicate
 from .mapping import MappingFn, resolve_mapping
 from .maplang.compiler import MappingOptions
@@ -28,6 +30,21 @@ def queues_for(route: RouteConfig, namespace: str) -> RouteQueues:
                         quorum=r.queue_type == "quorum", dlq=r.dead_letter_queue)
 
 
+@dataclass(frozen=True)
+class Settled:
+    """What became of one message in a worker, for the route's outcome hooks."""
+
+    envelope: Envelope
+    status: Literal["processed", "filtered", "dead-lettered"]  # processed: committed (duplicates included)
+    error: BaseException | None = None  # why it was dead-lettered
+
+
+#: Called by the worker after the batch's commit (before its deliveries are acked: a hook that raises
+#: leaves them to be redelivered, and the dedupe turns the redelivery into a no-op but for the hooks),
+#: and after a dead-letter copy is durable.
+OutcomeHook = Callable[[list[Settled]], None]
+
+
 @dataclass
 class RouteRuntime:
     config: RouteConfig
@@ -36,6 +53,7 @@ class RouteRuntime:
     filter: Predicate | None
     mapping: MappingFn
     destinations: list[Destination]
+    on_settled: list[OutcomeHook] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -64,4 +82,8 @@ def build_routes(config: Config, transport: Transport | None, namespace: str,
             dests = [d.build(ctx) for d in rc.destinations]
         out.append(RouteRuntime(rc, queues_for(rc, namespace), compile_accept(list(rc.route.accept)), flt,
                                 mapping, dests))
+    if transport is not None:
+        from .app_ack import wire_application_acks
+
+        wire_application_acks(out, transport)
     return out

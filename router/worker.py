@@ -27,7 +27,7 @@ from .errors import DestinationUnavailable, MappingError, RouterError, Transport
 from .logging import get
 from .processing import Outcome, prepare
 from .retry import next_delay, should_retry
-from .runtime import RouteRuntime
+from .runtime import RouteRuntime, Settled
 from .transport.base import Consumer, Delivery, Transport
 
 log = get("router.worker")
@@ -94,6 +94,8 @@ class BatchProcessor:
             self.commit(items[:mid])
             self.commit(items[mid:])
             return
+        if self.route.on_settled:
+            self._settled([Settled(o.envelope, "filtered" if o.output is None else "processed") for _, o in items])
         self.consumer.ack([d for d, _ in items])
 
     def _transaction_retrying_clashes(self, items: list[tuple[Delivery, Outcome]], tries: int = 3) -> None:
@@ -152,6 +154,8 @@ class BatchProcessor:
                                                     duplicate_of=next(iter(done.values())))])
         except sa_exc.SQLAlchemyError:
             return False
+        if self.route.on_settled:
+            self._settled([Settled(env, "processed")])
         self.consumer.ack([d])
         self.stats.add(duplicates=1)
         return True
@@ -179,6 +183,17 @@ class BatchProcessor:
                 journal.record(conn, [journal.entry(env, status, error=f"{type(exc).__name__}: {exc}"[:2000])])
         except sa_exc.SQLAlchemyError as jexc:
             log.warning("journal write failed", message_id=env.id, route=env.route, error=type(jexc).__name__)
+        if status == "dead-lettered" and self.route.on_settled:
+            try:
+                self._settled([Settled(env, "dead-lettered", exc)])
+            except Exception as hexc:  # noqa: BLE001 - the delivery is gone: nothing to redeliver
+                log.error("outcome hook failed after dead-letter", message_id=env.id, route=env.route,
+                          error=f"{type(hexc).__name__}: {hexc}"[:300])
+
+    # ---- outcome hooks (router.runtime.OutcomeHook, e.g. application ACKs) ----
+    def _settled(self, settled: list[Settled]) -> None:
+        for hook in self.route.on_settled:
+            hook(settled)
 
 
 class Worker:

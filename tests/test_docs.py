@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from router.cli import main
 from router.config import reference
 from router.config.loader import load_config
-from router.config.schema import ListenerSettings, RetryPolicy, Route, RoutesFile, Settings
+from router.config.schema import ApplicationAck, ListenerSettings, RetryPolicy, Route, RoutesFile, Settings
 from router.registry import BUILTINS, KINDS, Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,7 @@ def test_every_component_and_option_is_documented(kind: str) -> None:
     ("`ListenerSettings`", ListenerSettings, "###"),
     ("Route", Route, "##"),
     ("`retry`", RetryPolicy, "##"),
+    ("`application_ack`", ApplicationAck, "##"),
 ])
 def test_every_schema_field_is_documented(title: str, model: type, level: str) -> None:
     documented = sections(generated(), level)

@@ -2,6 +2,8 @@
 retried in a fresh transaction, not dead-lettered; a clash that persists is a failure."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import sqlalchemy as sa
 
 from router.envelope import Envelope
@@ -36,6 +38,7 @@ def clashing(times: int):  # type: ignore[no-untyped-def]
 def processor(consumer: Recorder) -> BatchProcessor:
     p = BatchProcessor.__new__(BatchProcessor)
     p.consumer, p.stats = consumer, Stats()
+    p.route = SimpleNamespace(on_settled=[])  # type: ignore[assignment] # a route without outcome hooks
     return p
 
 

@@ -20,4 +20,5 @@ def command(file: str) -> None:
         n = len(exc.problems)
         click.echo(f"{file}: {n} problem{'s' if n != 1 else ''}", err=True)
         raise SystemExit(1) from None
-    click.echo(f"{file}: OK, {len(config.routes)} route{'s' if len(config.routes) != 1 else ''}")
+    n = sum(r.acknowledges is None for r in config.routes)  # not the internal application-ACK routes
+    click.echo(f"{file}: OK, {n} route{'s' if n != 1 else ''}")

@@ -26,7 +26,8 @@ from pydantic import BaseModel
 
 from ..errors import ConfigError, Problem
 from ..registry import ComponentSpec, Kind, Registry, did_you_mean
-from .schema import ComponentRef, Route, RoutesFile, Settings, as_destinations, as_filter, as_source
+from .schema import (ComponentRef, Route, RoutesFile, Settings, as_destination, as_destinations, as_filter,
+                     as_source)
 from .yaml_marks import Marks, YamlProblem, dotted, load_with_marks, mark_for
 
 
@@ -58,14 +59,29 @@ def listener_key(source: Component, settings: Settings) -> tuple[str, str]:
 @dataclass(frozen=True)
 class RouteConfig:
     route: Route
-    source: Component
+    source: Component | None  # None: an internal route the engine feeds (application ACKs)
     filter: Component | None
     destinations: tuple[Component, ...]
+    application_ack: Component | None = None  # the validated application_ack.destination
+    acknowledges: str | None = None  # an application-ACK route: the name of the route it answers for
 
     @property
     def name(self) -> str:
         return self.route.name
 
+
+ACK_SUFFIX = ".ack"
+
+
+def ack_route(rc: RouteConfig) -> RouteConfig:
+    """The internal route that delivers `rc`'s application ACKs: `<name>.ack`, its own queues, the
+    application_ack destination and retry policy; no source, no filter, no mapping."""
+    a = rc.route.application_ack
+    assert a is not None and rc.application_ack is not None
+    route = Route(name=rc.name + ACK_SUFFIX, description=f"application acknowledgments of route {rc.name}",
+                  source={"type": "engine"}, destinations=[a.destination], retry=a.retry,
+                  queue_type=rc.route.queue_type)
+    return RouteConfig(route, None, None, (rc.application_ack,), acknowledges=rc.name)
 
 
 @dataclass(frozen=True)
@@ -329,7 +345,10 @@ def load_config(path: str | os.PathLike[str], registry: Registry | None = None) 
     _check_cross(col, settings, checked)
     if col.problems:
         raise ConfigError(_sorted(col.problems))
-    configs = tuple(c.config() for c in checked)
+    configs: tuple[RouteConfig, ...] = ()
+    for c in checked:
+        rc = c.config()
+        configs += (rc, ack_route(rc)) if rc.application_ack is not None else (rc,)
     return Config(path=filename, settings=settings, routes=configs, registry=registry)  # type: ignore[arg-type]
 
 
@@ -415,6 +434,7 @@ class _Checked:
     source: Component | None = None
     filter: Component | None = None
     destinations: list[Component | None] = field(default_factory=list)
+    application_ack: Component | None = None
 
     @property
     def label(self) -> str:
@@ -422,7 +442,8 @@ class _Checked:
 
     def config(self) -> RouteConfig:
         assert self.route is not None and self.source is not None
-        return RouteConfig(self.route, self.source, self.filter, tuple(d for d in self.destinations if d))
+        return RouteConfig(self.route, self.source, self.filter, tuple(d for d in self.destinations if d),
+                           self.application_ack)
 
 
 def _check_route(col: _Collector, registry: Registry, i: int, raw: Any, route: Route | None,
@@ -448,6 +469,15 @@ def _check_route(col: _Collector, registry: Registry, i: int, raw: Any, route: R
         nodes = dests if isinstance(dests, list) else [dests]
         out.destinations = [_component(col, registry, "destination", path, node, ref)
                             for path, node, ref in zip(paths, nodes, normalized)]
+    ack = raw.get("application_ack")
+    if isinstance(ack, dict) and "destination" in ack:
+        path, node = (*p, "application_ack", "destination"), ack["destination"]
+        out.application_ack = _component(col, registry, "destination", path, node, as_destination(node))
+        if out.application_ack is not None and out.application_ack.spec.needs_document:
+            col.add(path, f"the {out.application_ack.spec.name} destination cannot take application ACKs "
+                          "(they are HL7 messages, not FHIR resources)",
+                    "send them to the sender's MLLP return address: {type: mllp, host: ..., port: ...}", value=True)
+            out.application_ack = None
     mapping = raw.get("mapping")
     if isinstance(mapping, str):
         _check_mapping(col, (*p, "mapping"), mapping, registry, mappings_dir)
@@ -567,6 +597,18 @@ def _check_cross(col: _Collector, settings: Settings, checked: list[_Checked]) -
                     f"first defined at routes[{seen[c.name]}]", value=True)
         else:
             seen[c.name] = c.index
+    # a route's application ACKs travel on the internal route <name>.ack (its own queues and journal rows)
+    for c in checked:
+        if c.name is None or not isinstance(c.raw.get("application_ack"), dict):
+            continue
+        ack_name = c.name + ACK_SUFFIX
+        if ack_name in seen:
+            col.add(("routes", c.index, "application_ack"), f"the application ACKs of route {c.label} travel on the "
+                    f"internal route {ack_name!r}, and a route has that name", f"rename route {ack_name!r}")
+        elif len(ack_name) > 63:
+            col.add(("routes", c.index, "name"), f"route name {c.name!r} is too long for application ACKs: "
+                    f"the internal route {ack_name!r} is longer than 63 characters", "shorten it to 59 at most",
+                    value=True)
     # destinations that hand over to another route (amqp `route:`) must name one that exists
     for c in checked:
         for j, d in enumerate(c.destinations):

@@ -1,8 +1,8 @@
 """The reference of routes.yaml, generated from the code (one source of truth).
 
 Everything here is read from the pydantic models of router.config.schema (top level,
-``settings``, Route, RetryPolicy) and from the component registry (each source, filter,
-mapping and destination: its summary and its options model). Descriptions are the models'
+``settings``, Route, RetryPolicy, ApplicationAck) and from the component registry (each source,
+filter, mapping and destination: its summary and its options model). Descriptions are the models'
 ``Field(description=...)``; an option without one gets an empty cell.
 
 The generated part of docs/routes.md lies between ``<!-- BEGIN GENERATED -->`` and
@@ -36,7 +36,7 @@ from pydantic_core import PydanticUndefined
 
 from ..registry import KINDS, ComponentSpec, Kind, Registry
 from .durations import parse_duration
-from .schema import ComponentRef, RetryPolicy, Route, RoutesFile, Settings
+from .schema import ApplicationAck, ComponentRef, RetryPolicy, Route, RoutesFile, Settings
 
 BEGIN = "<!-- BEGIN GENERATED -->"
 END = "<!-- END GENERATED -->"
@@ -338,6 +338,12 @@ def schema_markdown() -> str:
         _doc_first_paragraph(RetryPolicy),
         "",
         *markdown_table(RetryPolicy),
+        "",
+        "## `application_ack`",
+        "",
+        _doc_first_paragraph(ApplicationAck),
+        "",
+        *markdown_table(ApplicationAck),
     ]
     return "\n".join(out) + "\n"
 

@@ -64,10 +64,33 @@ def as_filter(value: Any) -> Any:
     return _as_component(value)
 
 
+def as_destination(value: Any) -> Any:
+    return _as_component(value)
+
+
 def as_destinations(value: Any) -> Any:
     if isinstance(value, (str, dict)):
         value = [value]
     return [_as_component(d) for d in value] if isinstance(value, list) else value
+
+
+class ApplicationAck(Strict):
+    """Where the route sends application acknowledgments (enhanced mode, MSH-16): after a message is
+    processed (committed: AA) or dead-lettered (AE, or AR when refused), as MSH-16 asks (AL always,
+    ER on errors, SU on success, NE never). They go through their own queue with this retry policy:
+    a return address that is down is retried, then the ACK is dead-lettered with the reason."""
+
+    destination: ComponentRef = Field(description="where the ACKs go, declared like one of `destinations` "
+                                                  "(e.g. {type: mllp, host: lis.example, port: 2576, "
+                                                  "wait_for_ack: false}); not `store`")
+    retry: RetryPolicy = Field(RetryPolicy(attempts=10, initial_delay=2.0, max_delay=600.0),
+                               description="how an ACK that cannot be delivered is retried before it is "
+                                           "dead-lettered (about 17 minutes with the default)")
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _destination(cls, v: Any) -> Any:
+        return as_destination(v)
 
 
 class Route(Strict):
@@ -89,6 +112,9 @@ class Route(Strict):
     unmapped_codes: Literal["error", "pass", "warn"] | None = Field(
         None, description="a code a concept map does not cover: error (dead-letter), pass, or warn (journaled); "
                           "default: the mapping's own `unmapped`, else error")
+    application_ack: ApplicationAck | None = Field(
+        None, description="send application ACKs (MSH-16) to the sender's return address: {destination, retry}; "
+                          "without it, none are sent")
 
     @field_validator("source", mode="before")
     @classmethod

@@ -96,6 +96,19 @@ def build_ack(header: Header | None, code: str, text: str = "", *, error: str | 
     return ("\r".join(segs) + "\r").encode("utf-8")
 
 
+def wanted(ack_type: str, outcome: str) -> bool:
+    """Does an acknowledgment type (MSH-15 for the commit ACK, MSH-16 for the application ACK; HL7
+    table 0155) ask for an ACK with this outcome (A accepted, E error, R reject)? AL always, ER only
+    on E/R, SU only on A, NE never; a value outside the table counts as AL."""
+    if ack_type == "NE":
+        return False
+    if ack_type == "ER":
+        return outcome != "A"
+    if ack_type == "SU":
+        return outcome == "A"
+    return True
+
+
 @dataclass(frozen=True)
 class AckError:
     """One ERR segment of a received ACK."""

@@ -3,6 +3,12 @@
 HL7 v2 bodies (``x-application/hl7-v2+er7``) are answered with an HL7 ACK (200, AA only
 after durable enqueue); other bodies (e.g. a FHIR Bundle) with 202 and the message id,
 errors as a FHIR OperationOutcome.
+
+Enhanced mode (MSH-15 valued), as on MLLP: the commit ACK CA / CE / CR instead of AA / AE / AR,
+in the body only when MSH-15 asks for it (AL always, ER only on CE/CR, SU only on CA, NE never);
+the HTTP status is the same either way, except that an accepted message without an ACK is answered
+204 with no body. MSH-15 and MSH-16 are kept in the envelope headers (accept_ack_type,
+application_ack_type); the application ACK is the worker's (router/app_ack.py).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import InputError, RejectedError, TransportError
 from ..formats import hl7v2
-from ..formats.ack import build_ack
+from ..formats.ack import build_ack, wanted
 from .base import SourceContext
 from .http import HttpOptions
 
@@ -26,6 +32,20 @@ def outcome(status: int, code: str, text: str) -> JSONResponse:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": code, "diagnostics": text}],
     })
+
+
+def hl7_answer(header: hl7v2.Header | None, outcome: str, status: int, text: str = "", *, error: str | None = None,
+               headers: dict[str, str] | None = None) -> Response:
+    """The HL7 answer to a POST: outcome A (accepted), E (error) or R (refused); original mode AA/AE/AR,
+    enhanced mode (MSH-15) CA/CE/CR when MSH-15 asks for it, else no body (204 when accepted)."""
+    if header is not None and header.enhanced:
+        if not wanted(header.accept_ack_type, outcome):
+            return Response(status_code=204 if outcome == "A" else status, headers=headers)
+        code = "C" + outcome
+    else:
+        code = "A" + outcome
+    return Response(build_ack(header, code, text, error=error), status_code=status,
+                    media_type="x-application/hl7-v2+er7", headers=headers)
 
 
 class HttpIntake:
@@ -59,31 +79,32 @@ class HttpIntake:
         source = f"http:{request.client.host if request.client else ''}{self.options.path}"
         is_hl7 = ctype in HL7_TYPES or hl7v2.is_hl7(body)
         header = None
+        extra = {"http_path": self.options.path}
         try:
             if is_hl7:
                 header = hl7v2.parse_header(hl7v2.decode(body))
+                if header.accept_ack_type:
+                    extra["accept_ack_type"] = header.accept_ack_type
+                if header.application_ack_type:
+                    extra["application_ack_type"] = header.application_ack_type
             accepted = intake.prepare(body, source=source, content_type=None if is_hl7 else ctype or None,
-                                      headers={"http_path": self.options.path})
+                                      headers=extra)
         except RejectedError as exc:
             if is_hl7:
-                return Response(build_ack(header, "AR", str(exc), error="unsupported-message-type"),
-                                status_code=200, media_type="x-application/hl7-v2+er7")
+                return hl7_answer(header, "R", 200, str(exc), error="unsupported-message-type")
             return outcome(422, "not-supported", str(exc))
         except InputError as exc:
             if is_hl7:
-                return Response(build_ack(header, "AR", str(exc), error="application-error"),
-                                status_code=400, media_type="x-application/hl7-v2+er7")
+                return hl7_answer(header, "R", 400, str(exc), error="application-error")
             return outcome(400, "invalid", str(exc))
         try:
             await intake.enqueue(accepted)
         except TransportError:
             if is_hl7:
-                return Response(build_ack(header, "AE", "message not stored, please resend", error="application-error"),
-                                status_code=503, media_type="x-application/hl7-v2+er7")
+                return hl7_answer(header, "E", 503, "message not stored, please resend", error="application-error")
             return outcome(503, "transient", "message not stored, please resend")
         env = accepted.envelope
         if is_hl7:
-            return Response(build_ack(header, "AA"), status_code=200, media_type="x-application/hl7-v2+er7",
-                            headers={"X-Message-Id": env.id})
+            return hl7_answer(header, "A", 200, headers={"X-Message-Id": env.id})
         return JSONResponse(status_code=202, content={"id": env.id, "route": env.route, "status": "queued"},
                             headers={"X-Message-Id": env.id})

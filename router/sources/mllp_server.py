@@ -18,9 +18,10 @@ version and encoding characters, MSA-2 = MSH-10, an ERR segment on errors):
   cut short - ERR 207).
 * enhanced mode (MSH-15 = AL, ER, NE or SU): the same outcomes as the commit ACK CA / CE / CR,
   sent per MSH-15: AL always, ER only on CE/CR, SU only on CA, NE never (the connection stays
-  open for the next message). An unknown MSH-15 value is answered as AL. Only the commit ACK is
-  sent: the application acknowledgment that MSH-16 asks for is not (yet) sent after processing;
-  MSH-15 and MSH-16 are kept in the envelope headers (accept_ack_type, application_ack_type).
+  open for the next message). An unknown MSH-15 value is answered as AL. The application
+  acknowledgment that MSH-16 asks for is the worker's, after processing, sent to the route's
+  return address (router/app_ack.py); MSH-15 and MSH-16 are kept in the envelope headers
+  (accept_ack_type, application_ack_type).
 
 A resent message (same sender and MSH-10) is acknowledged again like the first; the worker
 recognises it and does not process it twice.
@@ -35,6 +36,7 @@ from typing import Any
 from ..errors import InputError, RejectedError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
+from ..formats.ack import wanted as _wanted
 from ..logging import get
 from .base import SourceContext
 from ..tls import server_context
@@ -286,14 +288,3 @@ def _same_hd(want: str, got: str, cs: str) -> bool:
     The configured value is written with ^ between components, whatever the sender's separator."""
     got = got.replace(cs, "^")
     return got == want or got.split("^")[0] == want
-
-
-def _wanted(accept_ack_type: str, cls: str) -> bool:
-    """Does MSH-15 ask for a commit ACK with this outcome (A accepted, E error, R reject)?"""
-    if accept_ack_type == "NE":
-        return False
-    if accept_ack_type == "ER":
-        return cls != "A"
-    if accept_ack_type == "SU":
-        return cls == "A"
-    return True  # AL, or a value outside table 0155: answer always
