@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..envelope import Envelope
 from ..errors import ConfigError, MappingError, Problem
-from ..filters import Node, compile_condition
+from ..filters import AllOf, AnyOf, Node, NotOf, compile_condition
 from ..registry import did_you_mean
 from . import fhirdefs
 from .conceptmap import ConceptMap, load_concept_map
@@ -212,6 +212,7 @@ class _Compiler:
         self.path = path
         self.options = options
         self.problems: list[Problem] = []
+        self.cond_paths: dict[str, Any] = {}  # the paths of `when` conditions, parsed at load
         self.data, self.marks = load_yaml(path)
 
     def add(self, where: tuple[Any, ...], message: str, hint: str = "", value: bool = True) -> None:
@@ -258,7 +259,7 @@ class _Compiler:
             for rule in rules:
                 _Hl7Codegen(rule, self.inp).compile()
         unmapped = self.options.unmapped or spec.unmapped or "error"
-        return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp)
+        return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp, self.cond_paths)
 
     def _paths(self, where: tuple[Any, ...], text: str) -> Any:
         try:
@@ -271,10 +272,17 @@ class _Compiler:
         if node is None:
             return None
         try:
-            return compile_condition(node)
+            pred = compile_condition(node)
         except ValueError as exc:
             self.add(where, str(exc))
             return None
+        for loc, text in _condition_fields(node):  # parsed now: a bad path is a load error
+            if text not in self.cond_paths:
+                p = self._paths((*where, *loc), text)
+                if p is None:
+                    return None
+                self.cond_paths[text] = p
+        return pred
 
     def _rule(self, where: tuple[Any, ...], r: ResourceSpec, keys: list[str]) -> _Rule | None:
         if fhirdefs.elements(r.resource) == {}:
@@ -406,14 +414,16 @@ class _Mapping:
     """The compiled mapping: call it with an Envelope."""
 
     def __init__(self, name: str, rules: list[_Rule], maps: dict[str, ConceptMap], timezone: str,
-                 unmapped: str, inp: Any) -> None:
+                 unmapped: str, inp: Any, cond_paths: dict[str, Any] | None = None) -> None:
         self.name, self.rules, self.maps, self.timezone, self.unmapped = name, rules, maps, timezone, unmapped
         self.inp = inp
+        self.cond_paths = cond_paths if cond_paths is not None else {}  # `when` paths, parsed at load
         from .codesystems import CodeSystems
         from .functions import FnContext
 
         self.codesystems = CodeSystems()
         self.fn_context = FnContext
+        self.memo: dict[Any, Any] = {}  # FnContext.memo: concept-map translations of this mapping
 
     def _lookup(self, name: str, system: str | None, code: str) -> tuple[str, str, str] | None:
         cm = self.maps.get(name)
@@ -443,10 +453,10 @@ class _Mapping:
 
         inp = self.inp
         ctx = FnContext(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
-                        unmapped=self.unmapped, warnings=[])
+                        unmapped=self.unmapped, warnings=[], memo=self.memo)
         instances: dict[str, list[_Instance]] = {}
         trace: list[str] = []
-        paths: dict[str, Any] = {}
+        paths = self.cond_paths
         # pass 1: which resources exist, and their ids
         for rule in self.rules:
             scopes = inp.iterate(top, rule.for_each, rule.with_) if rule.for_each else [top]
@@ -479,11 +489,11 @@ class _Mapping:
         """_run for HL7 input, through each rule's generated make() and build() (the same work in
         the same order, so the same warnings and the same first error)."""
         ctx = self.fn_context(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
-                              unmapped=self.unmapped, warnings=[])
+                              unmapped=self.unmapped, warnings=[], memo=self.memo)
         enc = top.msg.enc
         instances: dict[str, list[_Instance]] = {}
         trace: list[str] = []
-        paths: dict[str, Any] = {}
+        paths = self.cond_paths
         for rule in self.rules:  # pass 1: which resources exist, and their ids
             made = instances[rule.key] = rule.make(top.descend(rule.steps) if rule.steps else [top], seed, enc,
                                                    paths, trace)
@@ -502,6 +512,19 @@ class _Mapping:
             if any(parts):
                 return uuid5(f"{rule.rtype}|{'|'.join(parts)}")
         return uuid5(f"{rule.rtype}|{seed}|{rule.key}|{n}")
+
+
+def _condition_fields(node: Any, loc: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """(location, path) of every `field` in a condition (a list means all of them)."""
+    if isinstance(node, list):
+        return [x for i, n in enumerate(node) for x in _condition_fields(n, (*loc, i))]
+    if isinstance(node, AnyOf):
+        return _condition_fields(node.any, (*loc, "any"))
+    if isinstance(node, AllOf):
+        return _condition_fields(node.all, (*loc, "all"))
+    if isinstance(node, NotOf):
+        return _condition_fields(node.not_, (*loc, "not"))
+    return [((*loc, "field"), node.field)]
 
 
 def _assign(res: dict[str, Any], f: _Field, values: list[Any]) -> None:

@@ -111,6 +111,9 @@ class FnContext:
     concept_map: ConceptMapFn | None = None
     unmapped: Literal["error", "pass", "warn"] = "error"
     warnings: list[str] = field(default_factory=list)
+    #: a cache kept across messages by whoever owns ``concept_map`` (a compiled mapping passes
+    #: its own): concept-map translations are looked up once per coded value; None: no cache
+    memo: dict[Any, Any] | None = None
 
 
 @lru_cache(maxsize=64)
@@ -617,7 +620,22 @@ def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = Fal
         return {"text": text} if text else None
     codings = [_coding_dict(c) for c in codings_t]
     if concept_map:
-        _translate(ctx, concept_map, codings, [c[4] for c in codings_t], private)
+        memo = ctx.memo
+        if memo is None:
+            _translate(ctx, concept_map, codings, [c[4] for c in codings_t], private)
+        else:  # the translation depends only on the codings: looked up once per mapping
+            key = (concept_map, codings_t, private)
+            got = memo.get(key)
+            if got is None:
+                got = _translation(ctx, concept_map, codings, [c[4] for c in codings_t], private)
+                if len(memo) >= _CACHE_MAX:
+                    memo.clear()
+                memo[key] = got
+            new, message, warning = got
+            if new is not None:
+                codings.append(dict(new))
+            elif message is not None:
+                _unmapped(ctx, message, warning)
     out: dict[str, Any] = {"coding": codings}
     if text:
         out["text"] = text
@@ -626,10 +644,21 @@ def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = Fal
 
 def _translate(ctx: FnContext, name: str, codings: list[dict[str, str]], sources: list[str],
                private: bool = False) -> None:
+    new, message, warning = _translation(ctx, name, codings, sources, private)
+    if new is not None:
+        codings.append(new)
+    elif message is not None:
+        _unmapped(ctx, message, warning)
+
+
+def _translation(ctx: FnContext, name: str, codings: list[dict[str, str]], sources: list[str],
+                 private: bool = False) -> tuple[dict[str, str] | None, str | None, str | None]:
+    """What the concept map says about codings: (the target coding to append, None, None), or
+    (None, None, None) when it is there already, or (None, error, warning) when no coding maps."""
     lookup = ctx.concept_map
     if lookup is None:
         raise MappingError(f"concept map {name!r} is used but no concept maps are loaded")
-    for coding, source in zip(list(codings), sources, strict=True):
+    for coding, source in zip(codings, sources, strict=True):
         system = coding.get("system")
         hit = lookup(name, system or source or None, coding["code"])
         if hit is None and system and source and source != system:
@@ -642,13 +671,13 @@ def _translate(ctx: FnContext, name: str, codings: list[dict[str, str]], sources
             new["code"] = code
             if display:
                 new["display"] = display
-            if not any(c.get("system") == new.get("system") and c["code"] == code for c in codings):
-                codings.append(new)
-            return
+            if any(c.get("system") == new.get("system") and c["code"] == code for c in codings):
+                return None, None, None
+            return new, None, None
     first = codings[0]
     system = first.get("system") or sources[0] or "?"
-    _unmapped(ctx, f"concept map {name!r} has no target for {system}|{first['code']}",
-              f"concept map {name!r} has no target for a coded value of {system}" if private else None)
+    return (None, f"concept map {name!r} has no target for {system}|{first['code']}",
+            f"concept map {name!r} has no target for a coded value of {system}" if private else None)
 
 
 def codeable_concept(value: V | str | None, ctx: FnContext, *, concept_map: str | None = None,
