@@ -1022,8 +1022,27 @@ def _identifier(value: str, system: str | None, type_code: str, ctx: FnContext, 
     return out
 
 
+_HD_CACHE: dict[tuple[CodeSystems, tuple[str, ...]], tuple[str | None, str]] = {}
+
+
 def _hd_system(hd: list[str], enc: Encoding, cs: CodeSystems) -> tuple[str | None, str]:
-    """(system, unresolved namespace) from an HD split into subcomponents."""
+    """(system, unresolved namespace) from an HD split into subcomponents (memoised by its text:
+    assigning authorities are few and repeat in every message)."""
+    head = tuple(hd[:3])
+    esc = enc.escape
+    if any(esc in x for x in head):
+        return _hd_system_of(hd, enc, cs)
+    key = (cs, head)
+    hit = _HD_CACHE.get(key)
+    if hit is None:
+        hit = _hd_system_of(hd, enc, cs)
+        if len(_HD_CACHE) >= _CACHE_MAX:
+            _HD_CACHE.clear()
+        _HD_CACHE[key] = hit
+    return hit
+
+
+def _hd_system_of(hd: list[str], enc: Encoding, cs: CodeSystems) -> tuple[str | None, str]:
     ns, uid, utype = _t(hd, 1, enc).strip(), _t(hd, 2, enc).strip(), _t(hd, 3, enc).strip()
     system = cs.configured(ns) if ns else None
     if system is None and uid:

@@ -89,6 +89,7 @@ def owners(msg: Message) -> list[int | None]:
 # segment kinds that can be attached to another: only their lookups need owners()
 ATTACHABLE = frozenset(name for names in ATTACHED.values() for name in names)
 _NOWHERE: frozenset[int] = frozenset()
+_UNSEEN: list[str] = []  # first(): not looked up yet (None is "no such segment")
 
 
 class Level(NamedTuple):
@@ -116,10 +117,12 @@ class Scope:
     every enclosing scope, outermost first) - dicts, not the scopes, so no reference cycle keeps a
     message's scopes from being freed as soon as the mapping is done with them."""
 
-    __slots__ = ("msg", "levels", "fields", "_above", "_found", "_outside", "_resolved", "_children")
+    __slots__ = ("msg", "levels", "fields", "_above", "_found", "_first", "_anchors", "_outside", "_resolved",
+                 "_children")
 
     def __init__(self, msg: Message, levels: tuple[Level, ...] = (), owner: list[int | None] | None = None,
-                 above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...] | None = None) -> None:
+                 above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...] | None = None,
+                 anchors: dict[str, list[Segment]] | None = None) -> None:
         self.msg, self.levels = msg, levels
         # the fields of the innermost anchor (what first() of its name gives), None at the top
         self.fields: list[str] | None = msg.segments[levels[-1].start].fields if levels else None
@@ -128,7 +131,11 @@ class Scope:
         if above is None:  # a scope made by hand: enclosing groups without memos of their own
             above = tuple({} for _ in levels)
         self._above = above
-        self._found: dict[str, list[Segment]] = {}
+        # anchors of the enclosing groups that a lookup of their name finds (what _segments would
+        # give, known when the scope is made: see iterate)
+        self._anchors: dict[str, list[Segment]] = anchors if anchors is not None else {}
+        self._found: dict[str, list[Segment]] = dict(self._anchors)
+        self._first: dict[str, list[str] | None] = {}
         self._outside: dict[tuple[str, frozenset[int]], list[Segment]] | None = None
         self._resolved: dict[Hl7Path, list[V]] | None = None
         self._children: dict[tuple[str, tuple[str, ...] | None], list[Scope]] | None = None
@@ -152,11 +159,33 @@ class Scope:
         return found
 
     def first(self, name: str) -> list[str] | None:
-        """The fields of the first `name` segment in scope (what PID-3 reads), or None."""
+        """The fields of the `name` segment a path without [n] reads (PID-3), or None: see nearest."""
+        got = self._first.get(name, _UNSEEN)
+        if got is _UNSEEN:
+            seg = self.nearest(name)
+            got = self._first[name] = seg.fields if seg is not None else None
+        return got  # type: ignore[return-value]
+
+    def nearest(self, name: str) -> Segment | None:
+        """The `name` segment a path without [n] reads: the first in scope, except that of those
+        found outside the innermost group, the nearest one before its anchor is taken (the ORC
+        of an OBR group is the ORC just before that OBR, not the message's first ORC)."""
         found = self._found.get(name)
         if found is None:
             found = self._found[name] = self._segments(name)
-        return found[0].fields if found else None
+        if not found:
+            return None
+        seg = found[0]
+        if len(found) == 1 or not self.levels:
+            return seg
+        a = self.levels[-1].start
+        if seg.index > a:  # none before the anchor (what lies in the group follows it)
+            return seg
+        for s in found:
+            if s.index >= a:
+                break
+            seg = s
+        return seg
 
     def _segments(self, name: str) -> list[Segment]:
         msg = self.msg
@@ -256,7 +285,11 @@ class Scope:
             self._outside = {}
         above = (*self._above, self._outside)
         attached = ATTACHED.get(name, ())
-        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached)), None, above)
+        # enclosing anchors the new groups cannot hold stay what a lookup of their name finds
+        inherited = {k: v for k, v in self._anchors.items()
+                     if k not in attached and (k in until if until is not None else k not in members and k != name)}
+        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached)), None, above,
+                                     {**inherited, name: [segs[a]]})
                                for a, b in ranges]
         return got
 
@@ -303,14 +336,20 @@ def resolve(path: Hl7Path, scope: Scope) -> list[V]:
 
 
 def _resolve(path: Hl7Path, scope: Scope) -> list[V]:
-    segs = scope.segments(path.segment)
-    if not segs:
-        return []
-    if path.seg_occ is None and path.rep is None:  # the common case: one value, no V per repetition
-        v = first_value(path, segs[0].fields, scope.msg.enc)
-        return [] if v is None else [v]
     if path.seg_occ is None:
-        segs = segs[:1]
+        fields = scope.first(path.segment)
+        if fields is None:
+            return []
+        if path.rep is None:  # the common case: one value, no V per repetition
+            v = first_value(path, fields, scope.msg.enc)
+            return [] if v is None else [v]
+        segs = [scope.nearest(path.segment)]
+    else:
+        segs = scope.segments(path.segment)
+        if not segs:
+            return []
+    if path.seg_occ is None:
+        pass
     elif path.seg_occ > 0:
         segs = segs[path.seg_occ - 1:path.seg_occ]
     out: list[V] = []
