@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import keyword
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ class _Field:
     compute: Callable[[Scope, Any, "_Run"], list[Any]]
     when: Callable[[Callable[[str], Any]], bool] | None
     source: _Source | None = None
+    when_node: Any = None  # the condition, for the generated code
 
 
 @dataclass
@@ -174,6 +176,7 @@ class _Rule:
     build: Callable[..., None] | None = None
     source: str = ""
     steps: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # for_each as Scope.descend steps
+    when_node: Any = None  # the condition, for the generated code
 
 
 class _Instance:
@@ -257,7 +260,7 @@ class _Compiler:
             raise ConfigError(self.problems)
         if isinstance(self.inp, Hl7Input):
             for rule in rules:
-                _Hl7Codegen(rule, self.inp).compile()
+                _Hl7Codegen(rule, self.inp, self.cond_paths).compile()
         unmapped = self.options.unmapped or spec.unmapped or "error"
         return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp, self.cond_paths)
 
@@ -307,9 +310,9 @@ class _Compiler:
                 continue
             compute, source = made
             fields.append(_Field(tgt, parts, is_list, choice, compute, self._condition((*fw, "when"), fs.when),
-                                 source))
+                                 source, fs.when))
         return _Rule(r.key, r.resource, r.for_each, r.with_, self._condition((*where, "when"), r.when), id_paths,
-                     fields)
+                     fields, when_node=r.when)
 
     def _compute(self, fw: tuple[Any, ...], fs: FieldSpec,
                  keys: list[str]) -> tuple[Callable[..., list[Any]], _Source] | None:
@@ -626,8 +629,9 @@ class _Hl7Codegen:
     V only for a function that takes one; NTE[*]-3 loops over Scope.segments; other paths go
     through paths._resolve. Constants, functions and paths are globals of the code's namespace."""
 
-    def __init__(self, rule: _Rule, inp: Hl7Input) -> None:
+    def __init__(self, rule: _Rule, inp: Hl7Input, cond_paths: dict[str, Any]) -> None:
         self.rule = rule
+        self.cond_paths = cond_paths  # the parsed paths of `when` conditions
         self.ns: dict[str, Any] = {
             "V": V, "unescape": unescape, "uuid5": uuid5, "MappingError": MappingError, "getter": getter,
             "_assign": _assign, "_resolve": _resolve, "_ref": _ref_hl7, "_refs": _refs_hl7, "INP": inp,
@@ -774,6 +778,51 @@ class _Hl7Codegen:
             args = ", **{" + ", ".join(f"{name!r}: {val}" for name, val in kws) + "}"
         e(ind, f"x = {self.k(conv.fn)}(v, ctx{args})")
 
+    def condition(self, ind: int, node: Any) -> str:
+        """Code computing the values a condition reads (c0, c1, ...: the decoded text of the
+        path's first value, or None, as inputs.getter gives) and the condition as an expression
+        over them (what filters.compile_condition's predicate decides)."""
+        names: dict[str, str] = {}
+
+        def value(text: str) -> str:
+            var = names.get(text)
+            if var is None:
+                var = names[text] = f"c{len(names)}"
+                p = self.cond_paths[text]
+                if _single(p):
+                    self.raw(ind, p, "r")
+                    self.emit(ind, f"{var} = {self.text('r')} if {self.present('r')} else None")
+                else:
+                    self.emit(ind, f"_vs = _resolve({self.k(p)}, sc)")
+                    self.emit(ind, f"{var} = str(_vs[0]) if _vs else None")
+            return var
+
+        def expr(n: Any) -> str:
+            if isinstance(n, list):
+                return "(" + " and ".join(expr(x) for x in n) + ")" if n else "True"
+            if isinstance(n, AnyOf):
+                return "(" + " or ".join(expr(x) for x in n.any) + ")" if n.any else "False"
+            if isinstance(n, AllOf):
+                return expr(n.all)
+            if isinstance(n, NotOf):
+                return f"(not {expr(n.not_)})"
+            c = value(n.field)
+            if n.exists is not None:
+                return f"(({c} not in (None, '')) == {n.exists!r})"
+            if n.equals is not None:
+                return f"(str({c} or '') == {self.k(str(n.equals))})"
+            if n.not_equals is not None:
+                return f"(str({c} or '') != {self.k(str(n.not_equals))})"
+            if n.in_ is not None:
+                return f"(str({c} or '') in {self.k({str(x) for x in n.in_})})"
+            if n.not_in is not None:
+                return f"(str({c} or '') not in {self.k({str(x) for x in n.not_in})})"
+            return f"({self.k(re.compile(n.matches or ''))}.search(str({c} or '')) is not None)"
+
+        for text in {t: None for _, t in _condition_fields(node)}:  # every value first, in order
+            value(text)
+        return expr(node)
+
     def assign(self, ind: int, f: _Field, x: str, many: bool) -> None:
         """_assign(res, f, values): values is [x] (many False) or the non-empty list x."""
         e = self.emit
@@ -807,7 +856,7 @@ class _Hl7Codegen:
         e = self.emit
         e(ind, f"# {f.target}")
         if f.when is not None:
-            e(ind, f"if {self.k(f.when)}(getter(INP, sc, pcache)):")
+            e(ind, f"if {self.condition(ind, f.when_node)}:")
             ind += 1
         if src.kind == "const":
             const = src.const
@@ -906,13 +955,16 @@ class _Hl7Codegen:
         else:
             e(2, f'rid = uuid5(f"{{{self.k(rule.rtype)}}}|{{seed}}|{{{self.k(rule.key)}}}|{{n}}")')
         ident = self.out
-        rows = [f"F{i}" for i in range(len(self.rows))]
+        rows = [f"F{i}" for i in range(len(self.rows))]  # what build reads
+        when: list[str] = []
+        if rule.when is not None:  # after the rows it reads (pure lookups: the order is free)
+            self.out = []
+            test = self.condition(2, rule.when_node)
+            when = [*self.out, f"        if not {test}:",
+                    f'            trace.append(f"{{{self.k(rule.key)}}}[{{n}}]: skipped (when)")',
+                    "            continue"]
         make = ["def make(scopes, seed, enc, pcache, trace):", *head, "    made = []",
                 "    for n, sc in enumerate(scopes):"]
-        if rule.when is not None:
-            make += [f"        if not {self.k(rule.when)}(getter(INP, sc, pcache)):",
-                     f'            trace.append(f"{{{self.k(rule.key)}}}[{{n}}]: skipped (when)")',
-                     "            continue"]
         anchor = rule.steps[-1][0] if rule.steps else None
         if any(name != anchor for name in self.rows):
             make.append("        first = sc.first")
@@ -925,7 +977,7 @@ class _Hl7Codegen:
             make += [f"        F{i} = first({name!r})",
                      f"        F{i} = {pad} if F{i} is None else F{i} if len(F{i}) > {self.width[name]} "
                      f"else F{i} + {pad}"]
-        make += [*ident, f"        made.append(Instance(RULE, sc, rid, ({''.join(r + ', ' for r in rows)})))",
+        make += [*when, *ident, f"        made.append(Instance(RULE, sc, rid, ({''.join(r + ', ' for r in rows)})))",
                  "    return made"]
         build = ["def build(made, ctx, insts, pcache, entries, enc):", *head]
         for key, j in self.refs.items():
