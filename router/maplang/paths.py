@@ -99,6 +99,7 @@ class Level(NamedTuple):
     covered: frozenset[int] = _NOWHERE  # the segment indexes within those ranges
     name: str = ""  # the anchor's segment name
     attached: tuple[str, ...] = ()  # ATTACHED to it: never looked for outside the group
+    run: bool = False  # the group is its anchor and the run of ATTACHED segments after it, no more
 
 
 class Scope:
@@ -193,7 +194,8 @@ class Scope:
         if not candidates:
             return []
         segs = msg.segments
-        owner = owners(msg) if name in ATTACHABLE else None
+        attachable = name in ATTACHABLE  # then owners() says which of them are free (when needed)
+        owner: list[int | None] | None = None
         levels = self.levels
         inner: frozenset[int] = _NOWHERE
         found: list[Segment]
@@ -208,23 +210,32 @@ class Scope:
                 break
             end = lv.end
             found = []
-            if len(candidates) <= 8:
-                for i in candidates:
-                    if i <= start or i in inner:
-                        continue
-                    if i >= end:
-                        break
-                    if owner is None or owner[i] is None or owner[i] == start:
-                        found.append(segs[i])
-            else:  # a large group (thousands of OBX/NTE): start at the group, not at the first
-                j, n = bisect_right(candidates, start), len(candidates)
-                while j < n:
-                    i = candidates[j]
-                    j += 1
-                    if i >= end:
-                        break
-                    if i not in inner and (owner is None or owner[i] is None or owner[i] == start):
-                        found.append(segs[i])
+            if lv.run:  # what follows the anchor in the group is attached to it: no owners needed
+                if name in lv.attached:
+                    for i in range(start + 1, end):
+                        if segs[i].name == name and i not in inner:
+                            found.append(segs[i])
+                    break
+            else:
+                if attachable and owner is None:
+                    owner = owners(msg)
+                if len(candidates) <= 8:
+                    for i in candidates:
+                        if i <= start or i in inner:
+                            continue
+                        if i >= end:
+                            break
+                        if owner is None or owner[i] is None or owner[i] == start:
+                            found.append(segs[i])
+                else:  # a large group (thousands of OBX/NTE): start at the group, not at the first
+                    j, n = bisect_right(candidates, start), len(candidates)
+                    while j < n:
+                        i = candidates[j]
+                        j += 1
+                        if i >= end:
+                            break
+                        if i not in inner and (owner is None or owner[i] is None or owner[i] == start):
+                            found.append(segs[i])
             if found or name in lv.attached:
                 break
             inner = lv.covered  # what lies outside this group: the same for all its siblings
@@ -238,6 +249,8 @@ class Scope:
             else:
                 pending.append((memo, key))
         else:
+            if attachable and owner is None:
+                owner = owners(msg)
             if owner is None and not inner:
                 found = [segs[i] for i in candidates]
             else:
@@ -288,7 +301,8 @@ class Scope:
         # enclosing anchors the new groups cannot hold stay what a lookup of their name finds
         inherited = {k: v for k, v in self._anchors.items()
                      if k not in attached and (k in until if until is not None else k not in members and k != name)}
-        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached)), None, above,
+        run = until is None and with_ is None
+        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached, run)), None, above,
                                      {**inherited, name: [segs[a]]})
                                for a, b in ranges]
         return got
