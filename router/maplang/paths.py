@@ -134,7 +134,9 @@ class Scope:
         self._above = above
         # anchors of the enclosing groups that a lookup of their name finds (what _segments would
         # give, known when the scope is made: see iterate)
-        self._anchors: dict[str, list[Segment]] = anchors if anchors is not None else {}
+        if anchors is None:  # the top: the message's only MSH is what every lookup of MSH finds
+            anchors = {"MSH": msg.segments[:1]} if not levels and msg.by_name.get("MSH") == [0] else {}
+        self._anchors: dict[str, list[Segment]] = anchors
         self._found: dict[str, list[Segment]] = dict(self._anchors)
         self._first: dict[str, list[str] | None] = {}
         self._outside: dict[tuple[str, frozenset[int]], list[Segment]] | None = None
@@ -299,8 +301,10 @@ class Scope:
         above = (*self._above, self._outside)
         attached = ATTACHED.get(name, ())
         # enclosing anchors the new groups cannot hold stay what a lookup of their name finds
+        by_name = msg.by_name
         inherited = {k: v for k, v in self._anchors.items()
-                     if k not in attached and (k in until if until is not None else k not in members and k != name)}
+                     if k not in attached and (len(by_name[k]) == 1 or (
+                         k in until if until is not None else k not in members and k != name))}
         run = until is None and with_ is None
         got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached, run)), None, above,
                                      {**inherited, name: [segs[a]]})
