@@ -194,13 +194,16 @@ class _Run:
         self.instances, self.inp = instances, inp
 
     def ref(self, key: str, scope: Scope) -> dict[str, str] | None:
+        """The innermost instance whose scope encloses ours, else the first one made inside ours,
+        else None: never one of another group."""
         insts = self.instances.get(key, [])
         best = None
         within, depth = self.inp.within, self.inp.depth
-        for inst in insts:  # the innermost instance whose group contains us, else the first
+        for inst in insts:
             if within(scope, inst.scope) and (best is None or depth(inst.scope) > depth(best.scope)):
                 best = inst
-        best = best or (insts[0] if insts else None)
+        if best is None:
+            best = next((inst for inst in insts if within(inst.scope, scope)), None)
         return {"reference": f"{best.rule.rtype}/{best.id}"} if best else None
 
     def refs(self, key: str, scope: Scope) -> list[dict[str, str]]:
@@ -320,6 +323,15 @@ class _Compiler:
         if len(sources) != 1:
             self.add(fw, "a field needs exactly one of from, const, ref, refs")
             return None
+        if fs.from_ is None:  # what converts or replaces a value read by `from` means nothing here
+            kind = sources[0]
+            given = {"fn": fs.fn is not None, "args": bool(fs.args), "map": fs.map is not None,
+                     "default": fs.default is not None, "required": fs.required and kind == "const"}
+            for key in (k for k, v in given.items() if v):
+                self.add((*fw, key), f"{key!r} applies to `from` fields only, not to a {kind!r} field",
+                         value=False)
+            if any(given.values()):
+                return None
         if fs.ref or fs.refs:
             key = fs.ref or fs.refs
             assert key is not None
@@ -327,9 +339,22 @@ class _Compiler:
                 self.add((*fw, "ref" if fs.ref else "refs"), f"no resource with key {key!r}",
                          did_you_mean(key, keys))
                 return None
-            if fs.ref:
-                return (lambda scope, ctx, run: [x] if (x := run.ref(key, scope)) else []), _Source("ref", key=key)
-            return (lambda scope, ctx, run: run.refs(key, scope)), _Source("refs", key=key)
+            message = f"{fw[-1]}: required reference to {key!r} has no {key!r} resource in its scope"
+            required = fs.required
+
+            def ref(scope: Scope, ctx: Any, run: _Run) -> list[Any]:
+                got = [x] if (x := run.ref(key, scope)) else []
+                if required and not got:
+                    raise MappingError(message)
+                return got
+
+            def refs(scope: Scope, ctx: Any, run: _Run) -> list[Any]:
+                got = run.refs(key, scope)
+                if required and not got:
+                    raise MappingError(message)
+                return got
+            source = _Source("ref" if fs.ref else "refs", key=key, required=required, message=message)
+            return (ref if fs.ref else refs), source
         if fs.const is not None:
             const = fs.const
             return (lambda scope, ctx, run: [const]), _Source("const", const=const)
@@ -376,18 +401,20 @@ class _Compiler:
             self.add((*fw, "fn"), f"unknown function {fs.fn!r}", did_you_mean(fs.fn, self.functions))
             return None
         fn = spec.fn
-        allowed = set(getattr(spec, "args", {}) or {})
         path_args: dict[str, Any] = {}
         const_args: dict[str, Any] = {}
+        problems = spec.check_args(fs.args)  # names, required ones, constants' types and choices
+        for message, hint in problems:
+            named = [n for n in fs.args if repr(n) in message]
+            self.add((*fw, "args", named[0]) if named else (*fw, "fn"), message, hint)
+        if problems:
+            return None
         for name, val in fs.args.items():
-            if allowed and name not in allowed:
-                self.add((*fw, "args", name), f"{fs.fn} takes no argument {name!r}",
-                         did_you_mean(name, allowed) or f"it takes: {', '.join(sorted(allowed)) or 'none'}")
-                continue
-            # a path: {path: ...} in any input; in HL7 also a bare string shaped like SEG-n
+            # a path: {path: ...} in any input; in HL7 also a bare string shaped like SEG-n given
+            # to an argument taking a value (str and bool arguments take constants only)
             explicit = isinstance(val, dict) and set(val) == {"path"}
-            if explicit or (isinstance(val, str) and name != "concept_map" and isinstance(self.inp, Hl7Input)
-                            and self.inp.is_path(val)):
+            if explicit or (isinstance(val, str) and spec.args[name].type == "value"
+                            and isinstance(self.inp, Hl7Input) and self.inp.is_path(val)):
                 p = self._paths((*fw, "args", name), val["path"] if explicit else val)
                 if p is not None:
                     path_args[name] = p
@@ -571,23 +598,25 @@ def _assign(res: dict[str, Any], f: _Field, values: list[Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 def _ref_hl7(insts: list[_Instance], scope: Hl7Scope) -> dict[str, str] | None:
-    """_Run.ref for HL7 scopes: the innermost instance whose group holds our anchor, else the first."""
+    """_Run.ref for HL7 scopes: the innermost instance whose group holds our anchor (one made
+    without for_each holds every scope), else the first one anchored inside our group, else None."""
     levels = scope.levels
-    a = levels[-1].start if levels else None
-    best, depth = None, -1
+    if not levels:  # the whole message: every instance is inside it
+        return {"reference": insts[0].ref} if insts else None
+    a, end = levels[-1].start, levels[-1].end
+    best, depth, inside = None, -1, None
     for inst in insts:
         lv = inst.scope.levels
         if lv:
             last = lv[-1]
-            if a is None or not last.start <= a < last.end:
+            if not last.start <= a < last.end:
+                if inside is None and a <= last.start < end:
+                    inside = inst
                 continue
-        if best is None or len(lv) > depth:
+        if len(lv) > depth:
             best, depth = inst, len(lv)
-    if best is None:
-        if not insts:
-            return None
-        best = insts[0]
-    return {"reference": best.ref}
+    best = best or inside
+    return {"reference": best.ref} if best is not None else None
 
 
 def _refs_hl7(insts: list[_Instance], scope: Hl7Scope) -> list[dict[str, str]]:
@@ -881,6 +910,9 @@ class _Hl7Codegen:
                 e(ind, f"xs = _refs(I{j}, sc)")
                 e(ind, "if xs:")
                 self.assign(ind + 1, f, "xs", True)
+            if src.required:
+                e(ind, "else:")
+                e(ind + 1, f"raise MappingError({self.k(src.message)})")
             return
         conv = src.conv
         assert conv is not None
@@ -982,7 +1014,8 @@ class _Hl7Codegen:
         build = ["def build(made, ctx, insts, pcache, entries, enc):", *head]
         for key, j in self.refs.items():
             build += [f"    I{j} = insts.get({key!r}, ())",
-                      f"    R{j} = I{j}[0].ref if len(I{j}) == 1 else None  # the only one: always the nearest"]
+                      f"    R{j} = I{j}[0].ref if len(I{j}) == 1 and not I{j}[0].scope.levels else None"
+                      "  # one made without for_each: in every scope"]
         build += ["    for inst in made:", "        sc = inst.scope", "        rid = inst.id"]
         if rows:
             build.append(f"        {', '.join(rows)}, = inst.rows")
