@@ -235,8 +235,8 @@ class _Compiler:
         try:
             spec = MappingSpec.model_validate(self.data)
         except pydantic.ValidationError as exc:
-            for err in exc.errors():
-                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+            for err in _relevant(exc.errors()):
+                loc = tuple(p for p in err["loc"] if not _union_branch(p))
                 msg = err["msg"].removeprefix("Value error, ")
                 if err["type"] == "extra_forbidden":
                     msg = f"unknown key {loc[-1]!r}"
@@ -542,6 +542,29 @@ class _Mapping:
             if any(parts):
                 return uuid5(f"{rule.rtype}|{'|'.join(parts)}")
         return uuid5(f"{rule.rtype}|{seed}|{rule.key}|{n}")
+
+
+_BRANCHES = frozenset({"str", "int", "float", "bool", "list", "dict"})
+
+
+def _union_branch(p: Any) -> bool:
+    """A loc element naming which member of a union pydantic tried (not a key of the YAML)."""
+    return isinstance(p, str) and (p[:1].isupper() or p in _BRANCHES or p.startswith(("function-", "list[")))
+
+
+def _relevant(errors: list[Any]) -> list[Any]:
+    """Of the errors under a union (a `when` condition is a Condition, any, all, not, or a list),
+    the ones our validators raised when there are some (`not an HL7 field path: ...`), not what
+    every other member of the union would have wanted."""
+    def prefix(err: Any) -> tuple[Any, ...] | None:
+        loc = err["loc"]
+        for i, p in enumerate(loc):
+            if _union_branch(p):
+                return tuple(loc[:i])
+        return None
+
+    meant = {prefix(e) for e in errors if e["type"] == "value_error"} - {None}
+    return [e for e in errors if e["type"] == "value_error" or prefix(e) not in meant]
 
 
 def _condition_fields(node: Any, loc: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
