@@ -262,8 +262,9 @@ class _Compiler:
         if self.problems:
             raise ConfigError(self.problems)
         if isinstance(self.inp, Hl7Input):
+            steps = {rule.key: _steps(rule) for rule in rules}
             for rule in rules:
-                _Hl7Codegen(rule, self.inp, self.cond_paths).compile()
+                _Hl7Codegen(rule, self.inp, self.cond_paths, steps).compile()
         unmapped = self.options.unmapped or spec.unmapped or "error"
         return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp, self.cond_paths)
 
@@ -657,6 +658,14 @@ def _refs_hl7(insts: list[_Instance], scope: Hl7Scope) -> list[dict[str, str]]:
     return out
 
 
+def _steps(rule: _Rule) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """A rule's for_each as Scope.descend steps: OBR/OBX is (("OBR", None), ("OBX", None))."""
+    if not rule.for_each:
+        return ()
+    with_ = rule.with_ or {}
+    return tuple((seg, tuple(with_[seg]) if seg in with_ else None) for seg in rule.for_each.split("/"))
+
+
 def _single(p: Hl7Path) -> bool:
     """At most one value: no [*] (PID-3, PID-3[2].1, OBX[2]-5)."""
     return p.seg_occ != 0 and p.rep != 0
@@ -681,9 +690,12 @@ class _Hl7Codegen:
     V only for a function that takes one; NTE[*]-3 loops over Scope.segments; other paths go
     through paths._resolve. Constants, functions and paths are globals of the code's namespace."""
 
-    def __init__(self, rule: _Rule, inp: Hl7Input, cond_paths: dict[str, Any]) -> None:
+    def __init__(self, rule: _Rule, inp: Hl7Input, cond_paths: dict[str, Any],
+                 steps: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]]) -> None:
         self.rule = rule
         self.cond_paths = cond_paths  # the parsed paths of `when` conditions
+        self.steps = steps  # every rule's for_each as Scope.descend steps, by key
+        self.by_anchor: dict[int, None] = {}  # refs read through M{j}: anchor -> reference
         self.ns: dict[str, Any] = {
             "V": V, "unescape": unescape, "uuid5": uuid5, "MappingError": MappingError, "getter": getter,
             "_assign": _assign, "_resolve": _resolve, "_ref": _ref_hl7, "_refs": _refs_hl7, "INP": inp,
@@ -925,7 +937,16 @@ class _Hl7Codegen:
             return
         if src.kind in ("ref", "refs"):
             j = self.refs.setdefault(src.key, len(self.refs))
-            if src.kind == "ref":
+            target, ours = self.steps[src.key], _steps(self.rule)
+            if src.kind == "ref" and target and ours[:len(target)] == target:
+                # its resources are made per group of an enclosing level of ours (the OBR of our
+                # OBX): the one of our group there, or none (siblings are never ours)
+                self.by_anchor[j] = None
+                e(ind, f"x = M{j}.get(sc.levels[{len(target) - 1}].start)")
+                e(ind, "if x is not None:")
+                e(ind + 1, 'x = {"reference": x}')
+                self.assign(ind + 1, f, "x", False)
+            elif src.kind == "ref":
                 e(ind, f'x = {{"reference": R{j}}} if R{j} is not None else _ref(I{j}, sc)')
                 e(ind, "if x:")
                 self.assign(ind + 1, f, "x", False)
@@ -983,9 +1004,7 @@ class _Hl7Codegen:
     def compile(self) -> None:
         rule = self.rule
         e = self.emit
-        if rule.for_each:
-            with_ = rule.with_ or {}
-            rule.steps = tuple((seg, tuple(with_[seg]) if seg in with_ else None) for seg in rule.for_each.split("/"))
+        rule.steps = _steps(rule)
         head = ["    RS, CS, SS, ES = enc.repetition, enc.component, enc.subcomponent, enc.escape"]
         # pass 2 first: it says which rows and refs the rule reads
         self.out = []
@@ -1036,6 +1055,8 @@ class _Hl7Codegen:
                  "    return made"]
         build = ["def build(made, ctx, insts, pcache, entries, enc):", *head]
         for key, j in self.refs.items():
+            if j in self.by_anchor:
+                build.append(f"    M{j} = {{i.scope.levels[-1].start: i.ref for i in insts.get({key!r}, ())}}")
             build += [f"    I{j} = insts.get({key!r}, ())",
                       f"    R{j} = I{j}[0].ref if len(I{j}) == 1 and not I{j}[0].scope.levels else None"
                       "  # one made without for_each: in every scope"]
