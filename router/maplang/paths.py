@@ -165,8 +165,13 @@ class Scope:
         """The fields of the `name` segment a path without [n] reads (PID-3), or None: see nearest."""
         got = self._first.get(name, _UNSEEN)
         if got is _UNSEEN:
-            seg = self.nearest(name)
-            got = self._first[name] = seg.fields if seg is not None else None
+            known = self._anchors.get(name)
+            if known is not None:
+                got = known[0].fields
+            else:
+                seg = self.nearest(name)
+                got = seg.fields if seg is not None else None
+            self._first[name] = got
         return got  # type: ignore[return-value]
 
     def nearest(self, name: str) -> Segment | None:
@@ -281,7 +286,6 @@ class Scope:
         until = UNTIL.get(name) if with_ is None else None
         members = with_ if with_ is not None else ATTACHED.get(name, ())
         ranges = []
-        covered: set[int] = set()
         for i in self.msg.by_name.get(name, ()):
             if not start < i < end:
                 continue
@@ -293,8 +297,9 @@ class Scope:
                 while j < end and segs[j].name in members:
                     j += 1
             ranges.append((i, j))
-            covered.update(range(i, j))
-        sib, cov = tuple(ranges), frozenset(covered)
+        sib = tuple(ranges)
+        cov = frozenset(range(*ranges[0])) if len(ranges) == 1 else frozenset(
+            [k for a, b in ranges for k in range(a, b)])
         msg, levels = self.msg, self.levels
         if self._outside is None:
             self._outside = {}
