@@ -1029,8 +1029,7 @@ def _hd_system(hd: list[str], enc: Encoding, cs: CodeSystems) -> tuple[str | Non
     """(system, unresolved namespace) from an HD split into subcomponents (memoised by its text:
     assigning authorities are few and repeat in every message)."""
     head = tuple(hd[:3])
-    esc = enc.escape
-    if any(esc in x for x in head):
+    if enc.escape in "".join(head):
         return _hd_system_of(hd, enc, cs)
     key = (cs, head)
     hit = _HD_CACHE.get(key)
