@@ -25,7 +25,10 @@ _WEIGHTS = range(9, 0, -1)
 
 def snils_check(digits9: str) -> str:
     """The two-digit check number of a СНИЛС from its first nine digits (domain.md)."""
-    s = sum(map(mul, map(int, digits9), _WEIGHTS))
+    if len(digits9) == 9 and digits9.isascii() and digits9.isdigit():  # bytes - "0" (48); weights sum to 45
+        s = sum(map(mul, digits9.encode(), _WEIGHTS)) - 48 * 45
+    else:
+        s = sum(map(mul, map(int, digits9), _WEIGHTS))
     if s < 100:
         return f"{s:02d}"
     if s in (100, 101):
