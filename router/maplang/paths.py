@@ -143,6 +143,17 @@ class Scope:
         self._resolved: dict[Hl7Path, list[V]] | None = None
         self._children: dict[tuple[str, tuple[str, ...] | None], list[Scope]] | None = None
 
+    @classmethod
+    def _child(cls, msg: Message, levels: tuple[Level, ...], fields: list[str],
+               above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...],
+               anchors: dict[str, list[Segment]]) -> Scope:
+        """What __init__ makes of a group iterate() found, without its checks (hot path)."""
+        sc = object.__new__(cls)
+        sc.msg, sc.levels, sc.fields, sc._above, sc._anchors = msg, levels, fields, above, anchors
+        sc._found, sc._first = dict(anchors), {}
+        sc._outside = sc._resolved = sc._children = None
+        return sc
+
     @property
     def owner(self) -> list[int | None]:
         return owners(self.msg)
@@ -311,8 +322,9 @@ class Scope:
                      if k not in attached and (len(by_name[k]) == 1 or (
                          k in until if until is not None else k not in members and k != name))}
         run = until is None and with_ is None
-        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached, run)), None, above,
-                                     {**inherited, name: [segs[a]]})
+        child = Scope._child
+        got = children[key] = [child(msg, (*levels, Level(a, b, sib, cov, name, attached, run)), segs[a].fields,
+                                     above, {**inherited, name: [segs[a]]})
                                for a, b in ranges]
         return got
 
