@@ -549,7 +549,8 @@ def _uid_uri(uid: str, utype: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 _Coding = tuple[str, str, str, str, str]  # system, version, code, display, source system name as sent
-_CWE_CACHE: dict[tuple[str, int, str, CodeSystems], tuple[tuple[_Coding, ...], str, tuple[str, ...]]] = {}
+_Cwe = tuple[tuple[_Coding, ...], str, tuple[str, ...], tuple[dict[str, str], ...]]  # + the codings as dicts
+_CWE_CACHE: dict[tuple[str, int, str, CodeSystems], _Cwe] = {}
 
 
 def _coding_t(parts: list[str], i: int, ver: int, oid: int, enc: Encoding, cs: CodeSystems,
@@ -582,7 +583,7 @@ def _coding_dict(c: _Coding) -> dict[str, str]:
     return out
 
 
-def _parse_cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[str, ...]]:
+def _parse_cwe(v: V, cs: CodeSystems) -> _Cwe:
     enc = v.enc
     parts = _parts(v)
     n = len(parts)
@@ -597,10 +598,10 @@ def _parse_cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[s
     text = _t(parts, 9, enc).strip() if n >= 9 else ""
     if not codings and not text:
         text = _t(parts, 2, enc).strip() or _t(parts, 5, enc).strip()
-    return tuple(codings), text, tuple(warnings)
+    return tuple(codings), text, tuple(warnings), tuple(_coding_dict(c) for c in codings)
 
 
-def _cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[str, ...]]:
+def _cwe(v: V, cs: CodeSystems) -> _Cwe:
     enc = v.enc
     key = (v.raw, v.level, enc.component + enc.subcomponent + enc.escape, cs)
     hit = _CWE_CACHE.get(key)
@@ -613,12 +614,12 @@ def _cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[str, ..
 
 
 def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = False) -> dict[str, Any] | None:
-    codings_t, text, warnings = _cwe(v, ctx.codesystems)
+    codings_t, text, warnings, dicts = _cwe(v, ctx.codesystems)
     for w in warnings:
         _warn(ctx, w)
     if not codings_t:
         return {"text": text} if text else None
-    codings = [_coding_dict(c) for c in codings_t]
+    codings = [d.copy() for d in dicts]  # (the cached ones are never handed out)
     if concept_map:
         memo = ctx.memo
         if memo is None:
