@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import keyword
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..envelope import Envelope
 from ..errors import ConfigError, MappingError, Problem
-from ..filters import Node, compile_condition
+from ..filters import AllOf, AnyOf, Node, NotOf, compile_condition
 from ..registry import did_you_mean
 from . import fhirdefs
 from .conceptmap import ConceptMap, load_concept_map
@@ -158,6 +159,7 @@ class _Field:
     compute: Callable[[Scope, Any, "_Run"], list[Any]]
     when: Callable[[Callable[[str], Any]], bool] | None
     source: _Source | None = None
+    when_node: Any = None  # the condition, for the generated code
 
 
 @dataclass
@@ -174,6 +176,7 @@ class _Rule:
     build: Callable[..., None] | None = None
     source: str = ""
     steps: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # for_each as Scope.descend steps
+    when_node: Any = None  # the condition, for the generated code
 
 
 class _Instance:
@@ -191,13 +194,16 @@ class _Run:
         self.instances, self.inp = instances, inp
 
     def ref(self, key: str, scope: Scope) -> dict[str, str] | None:
+        """The innermost instance whose scope encloses ours, else the first one made inside ours,
+        else None: never one of another group."""
         insts = self.instances.get(key, [])
         best = None
         within, depth = self.inp.within, self.inp.depth
-        for inst in insts:  # the innermost instance whose group contains us, else the first
+        for inst in insts:
             if within(scope, inst.scope) and (best is None or depth(inst.scope) > depth(best.scope)):
                 best = inst
-        best = best or (insts[0] if insts else None)
+        if best is None:
+            best = next((inst for inst in insts if within(inst.scope, scope)), None)
         return {"reference": f"{best.rule.rtype}/{best.id}"} if best else None
 
     def refs(self, key: str, scope: Scope) -> list[dict[str, str]]:
@@ -212,6 +218,7 @@ class _Compiler:
         self.path = path
         self.options = options
         self.problems: list[Problem] = []
+        self.cond_paths: dict[str, Any] = {}  # the paths of `when` conditions, parsed at load
         self.data, self.marks = load_yaml(path)
 
     def add(self, where: tuple[Any, ...], message: str, hint: str = "", value: bool = True) -> None:
@@ -228,8 +235,8 @@ class _Compiler:
         try:
             spec = MappingSpec.model_validate(self.data)
         except pydantic.ValidationError as exc:
-            for err in exc.errors():
-                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+            for err in _relevant(exc.errors()):
+                loc = tuple(p for p in err["loc"] if not _union_branch(p))
                 msg = err["msg"].removeprefix("Value error, ")
                 if err["type"] == "extra_forbidden":
                     msg = f"unknown key {loc[-1]!r}"
@@ -255,10 +262,11 @@ class _Compiler:
         if self.problems:
             raise ConfigError(self.problems)
         if isinstance(self.inp, Hl7Input):
+            steps = {rule.key: _steps(rule) for rule in rules}
             for rule in rules:
-                _Hl7Codegen(rule, self.inp).compile()
+                _Hl7Codegen(rule, self.inp, self.cond_paths, steps).compile()
         unmapped = self.options.unmapped or spec.unmapped or "error"
-        return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp)
+        return _Mapping(self.path.stem, rules, maps, self.options.timezone, unmapped, self.inp, self.cond_paths)
 
     def _paths(self, where: tuple[Any, ...], text: str) -> Any:
         try:
@@ -271,10 +279,17 @@ class _Compiler:
         if node is None:
             return None
         try:
-            return compile_condition(node)
+            pred = compile_condition(node)
         except ValueError as exc:
             self.add(where, str(exc))
             return None
+        for loc, text in _condition_fields(node):  # parsed now: a bad path is a load error
+            if text not in self.cond_paths:
+                p = self._paths((*where, *loc), text)
+                if p is None:
+                    return None
+                self.cond_paths[text] = p
+        return pred
 
     def _rule(self, where: tuple[Any, ...], r: ResourceSpec, keys: list[str]) -> _Rule | None:
         if fhirdefs.elements(r.resource) == {}:
@@ -299,9 +314,9 @@ class _Compiler:
                 continue
             compute, source = made
             fields.append(_Field(tgt, parts, is_list, choice, compute, self._condition((*fw, "when"), fs.when),
-                                 source))
+                                 source, fs.when))
         return _Rule(r.key, r.resource, r.for_each, r.with_, self._condition((*where, "when"), r.when), id_paths,
-                     fields)
+                     fields, when_node=r.when)
 
     def _compute(self, fw: tuple[Any, ...], fs: FieldSpec,
                  keys: list[str]) -> tuple[Callable[..., list[Any]], _Source] | None:
@@ -309,6 +324,15 @@ class _Compiler:
         if len(sources) != 1:
             self.add(fw, "a field needs exactly one of from, const, ref, refs")
             return None
+        if fs.from_ is None:  # what converts or replaces a value read by `from` means nothing here
+            kind = sources[0]
+            given = {"fn": fs.fn is not None, "args": bool(fs.args), "map": fs.map is not None,
+                     "default": fs.default is not None, "required": fs.required and kind == "const"}
+            for key in (k for k, v in given.items() if v):
+                self.add((*fw, key), f"{key!r} applies to `from` fields only, not to a {kind!r} field",
+                         value=False)
+            if any(given.values()):
+                return None
         if fs.ref or fs.refs:
             key = fs.ref or fs.refs
             assert key is not None
@@ -316,9 +340,22 @@ class _Compiler:
                 self.add((*fw, "ref" if fs.ref else "refs"), f"no resource with key {key!r}",
                          did_you_mean(key, keys))
                 return None
-            if fs.ref:
-                return (lambda scope, ctx, run: [x] if (x := run.ref(key, scope)) else []), _Source("ref", key=key)
-            return (lambda scope, ctx, run: run.refs(key, scope)), _Source("refs", key=key)
+            message = f"{fw[-1]}: required reference to {key!r} has no {key!r} resource in its scope"
+            required = fs.required
+
+            def ref(scope: Scope, ctx: Any, run: _Run) -> list[Any]:
+                got = [x] if (x := run.ref(key, scope)) else []
+                if required and not got:
+                    raise MappingError(message)
+                return got
+
+            def refs(scope: Scope, ctx: Any, run: _Run) -> list[Any]:
+                got = run.refs(key, scope)
+                if required and not got:
+                    raise MappingError(message)
+                return got
+            source = _Source("ref" if fs.ref else "refs", key=key, required=required, message=message)
+            return (ref if fs.ref else refs), source
         if fs.const is not None:
             const = fs.const
             return (lambda scope, ctx, run: [const]), _Source("const", const=const)
@@ -365,18 +402,20 @@ class _Compiler:
             self.add((*fw, "fn"), f"unknown function {fs.fn!r}", did_you_mean(fs.fn, self.functions))
             return None
         fn = spec.fn
-        allowed = set(getattr(spec, "args", {}) or {})
         path_args: dict[str, Any] = {}
         const_args: dict[str, Any] = {}
+        problems = spec.check_args(fs.args)  # names, required ones, constants' types and choices
+        for message, hint in problems:
+            named = [n for n in fs.args if repr(n) in message]
+            self.add((*fw, "args", named[0]) if named else (*fw, "fn"), message, hint)
+        if problems:
+            return None
         for name, val in fs.args.items():
-            if allowed and name not in allowed:
-                self.add((*fw, "args", name), f"{fs.fn} takes no argument {name!r}",
-                         did_you_mean(name, allowed) or f"it takes: {', '.join(sorted(allowed)) or 'none'}")
-                continue
-            # a path: {path: ...} in any input; in HL7 also a bare string shaped like SEG-n
+            # a path: {path: ...} in any input; in HL7 also a bare string shaped like SEG-n given
+            # to an argument taking a value (str and bool arguments take constants only)
             explicit = isinstance(val, dict) and set(val) == {"path"}
-            if explicit or (isinstance(val, str) and name != "concept_map" and isinstance(self.inp, Hl7Input)
-                            and self.inp.is_path(val)):
+            if explicit or (isinstance(val, str) and spec.args[name].type == "value"
+                            and isinstance(self.inp, Hl7Input) and self.inp.is_path(val)):
                 p = self._paths((*fw, "args", name), val["path"] if explicit else val)
                 if p is not None:
                     path_args[name] = p
@@ -406,14 +445,16 @@ class _Mapping:
     """The compiled mapping: call it with an Envelope."""
 
     def __init__(self, name: str, rules: list[_Rule], maps: dict[str, ConceptMap], timezone: str,
-                 unmapped: str, inp: Any) -> None:
+                 unmapped: str, inp: Any, cond_paths: dict[str, Any] | None = None) -> None:
         self.name, self.rules, self.maps, self.timezone, self.unmapped = name, rules, maps, timezone, unmapped
         self.inp = inp
+        self.cond_paths = cond_paths if cond_paths is not None else {}  # `when` paths, parsed at load
         from .codesystems import CodeSystems
         from .functions import FnContext
 
         self.codesystems = CodeSystems()
         self.fn_context = FnContext
+        self.memo: dict[Any, Any] = {}  # FnContext.memo: concept-map translations of this mapping
 
     def _lookup(self, name: str, system: str | None, code: str) -> tuple[str, str, str] | None:
         cm = self.maps.get(name)
@@ -443,10 +484,10 @@ class _Mapping:
 
         inp = self.inp
         ctx = FnContext(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
-                        unmapped=self.unmapped, warnings=[])
+                        unmapped=self.unmapped, warnings=[], memo=self.memo)
         instances: dict[str, list[_Instance]] = {}
         trace: list[str] = []
-        paths: dict[str, Any] = {}
+        paths = self.cond_paths
         # pass 1: which resources exist, and their ids
         for rule in self.rules:
             scopes = inp.iterate(top, rule.for_each, rule.with_) if rule.for_each else [top]
@@ -479,11 +520,11 @@ class _Mapping:
         """_run for HL7 input, through each rule's generated make() and build() (the same work in
         the same order, so the same warnings and the same first error)."""
         ctx = self.fn_context(timezone=self.timezone, codesystems=self.codesystems, concept_map=self._lookup,
-                              unmapped=self.unmapped, warnings=[])
+                              unmapped=self.unmapped, warnings=[], memo=self.memo)
         enc = top.msg.enc
         instances: dict[str, list[_Instance]] = {}
         trace: list[str] = []
-        paths: dict[str, Any] = {}
+        paths = self.cond_paths
         for rule in self.rules:  # pass 1: which resources exist, and their ids
             made = instances[rule.key] = rule.make(top.descend(rule.steps) if rule.steps else [top], seed, enc,
                                                    paths, trace)
@@ -502,6 +543,42 @@ class _Mapping:
             if any(parts):
                 return uuid5(f"{rule.rtype}|{'|'.join(parts)}")
         return uuid5(f"{rule.rtype}|{seed}|{rule.key}|{n}")
+
+
+_BRANCHES = frozenset({"str", "int", "float", "bool", "list", "dict"})
+
+
+def _union_branch(p: Any) -> bool:
+    """A loc element naming which member of a union pydantic tried (not a key of the YAML)."""
+    return isinstance(p, str) and (p[:1].isupper() or p in _BRANCHES or p.startswith(("function-", "list[")))
+
+
+def _relevant(errors: list[Any]) -> list[Any]:
+    """Of the errors under a union (a `when` condition is a Condition, any, all, not, or a list),
+    the ones our validators raised when there are some (`not an HL7 field path: ...`), not what
+    every other member of the union would have wanted."""
+    def prefix(err: Any) -> tuple[Any, ...] | None:
+        loc = err["loc"]
+        for i, p in enumerate(loc):
+            if _union_branch(p):
+                return tuple(loc[:i])
+        return None
+
+    meant = {prefix(e) for e in errors if e["type"] == "value_error"} - {None}
+    return [e for e in errors if e["type"] == "value_error" or prefix(e) not in meant]
+
+
+def _condition_fields(node: Any, loc: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """(location, path) of every `field` in a condition (a list means all of them)."""
+    if isinstance(node, list):
+        return [x for i, n in enumerate(node) for x in _condition_fields(n, (*loc, i))]
+    if isinstance(node, AnyOf):
+        return _condition_fields(node.any, (*loc, "any"))
+    if isinstance(node, AllOf):
+        return _condition_fields(node.all, (*loc, "all"))
+    if isinstance(node, NotOf):
+        return _condition_fields(node.not_, (*loc, "not"))
+    return [((*loc, "field"), node.field)]
 
 
 def _assign(res: dict[str, Any], f: _Field, values: list[Any]) -> None:
@@ -545,23 +622,25 @@ def _assign(res: dict[str, Any], f: _Field, values: list[Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 def _ref_hl7(insts: list[_Instance], scope: Hl7Scope) -> dict[str, str] | None:
-    """_Run.ref for HL7 scopes: the innermost instance whose group holds our anchor, else the first."""
+    """_Run.ref for HL7 scopes: the innermost instance whose group holds our anchor (one made
+    without for_each holds every scope), else the first one anchored inside our group, else None."""
     levels = scope.levels
-    a = levels[-1].start if levels else None
-    best, depth = None, -1
+    if not levels:  # the whole message: every instance is inside it
+        return {"reference": insts[0].ref} if insts else None
+    a, end = levels[-1].start, levels[-1].end
+    best, depth, inside = None, -1, None
     for inst in insts:
         lv = inst.scope.levels
         if lv:
             last = lv[-1]
-            if a is None or not last.start <= a < last.end:
+            if not last.start <= a < last.end:
+                if inside is None and a <= last.start < end:
+                    inside = inst
                 continue
-        if best is None or len(lv) > depth:
+        if len(lv) > depth:
             best, depth = inst, len(lv)
-    if best is None:
-        if not insts:
-            return None
-        best = insts[0]
-    return {"reference": best.ref}
+    best = best or inside
+    return {"reference": best.ref} if best is not None else None
 
 
 def _refs_hl7(insts: list[_Instance], scope: Hl7Scope) -> list[dict[str, str]]:
@@ -577,6 +656,14 @@ def _refs_hl7(insts: list[_Instance], scope: Hl7Scope) -> list[dict[str, str]]:
         if il and start <= il[-1].start < end:
             out.append({"reference": i.ref})
     return out
+
+
+def _steps(rule: _Rule) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """A rule's for_each as Scope.descend steps: OBR/OBX is (("OBR", None), ("OBX", None))."""
+    if not rule.for_each:
+        return ()
+    with_ = rule.with_ or {}
+    return tuple((seg, tuple(with_[seg]) if seg in with_ else None) for seg in rule.for_each.split("/"))
 
 
 def _single(p: Hl7Path) -> bool:
@@ -603,8 +690,12 @@ class _Hl7Codegen:
     V only for a function that takes one; NTE[*]-3 loops over Scope.segments; other paths go
     through paths._resolve. Constants, functions and paths are globals of the code's namespace."""
 
-    def __init__(self, rule: _Rule, inp: Hl7Input) -> None:
+    def __init__(self, rule: _Rule, inp: Hl7Input, cond_paths: dict[str, Any],
+                 steps: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]]) -> None:
         self.rule = rule
+        self.cond_paths = cond_paths  # the parsed paths of `when` conditions
+        self.steps = steps  # every rule's for_each as Scope.descend steps, by key
+        self.by_anchor: dict[int, None] = {}  # refs read through M{j}: anchor -> reference
         self.ns: dict[str, Any] = {
             "V": V, "unescape": unescape, "uuid5": uuid5, "MappingError": MappingError, "getter": getter,
             "_assign": _assign, "_resolve": _resolve, "_ref": _ref_hl7, "_refs": _refs_hl7, "INP": inp,
@@ -751,6 +842,51 @@ class _Hl7Codegen:
             args = ", **{" + ", ".join(f"{name!r}: {val}" for name, val in kws) + "}"
         e(ind, f"x = {self.k(conv.fn)}(v, ctx{args})")
 
+    def condition(self, ind: int, node: Any) -> str:
+        """Code computing the values a condition reads (c0, c1, ...: the decoded text of the
+        path's first value, or None, as inputs.getter gives) and the condition as an expression
+        over them (what filters.compile_condition's predicate decides)."""
+        names: dict[str, str] = {}
+
+        def value(text: str) -> str:
+            var = names.get(text)
+            if var is None:
+                var = names[text] = f"c{len(names)}"
+                p = self.cond_paths[text]
+                if _single(p):
+                    self.raw(ind, p, "r")
+                    self.emit(ind, f"{var} = {self.text('r')} if {self.present('r')} else None")
+                else:
+                    self.emit(ind, f"_vs = _resolve({self.k(p)}, sc)")
+                    self.emit(ind, f"{var} = str(_vs[0]) if _vs else None")
+            return var
+
+        def expr(n: Any) -> str:
+            if isinstance(n, list):
+                return "(" + " and ".join(expr(x) for x in n) + ")" if n else "True"
+            if isinstance(n, AnyOf):
+                return "(" + " or ".join(expr(x) for x in n.any) + ")" if n.any else "False"
+            if isinstance(n, AllOf):
+                return expr(n.all)
+            if isinstance(n, NotOf):
+                return f"(not {expr(n.not_)})"
+            c = value(n.field)
+            if n.exists is not None:
+                return f"(({c} not in (None, '')) == {n.exists!r})"
+            if n.equals is not None:
+                return f"(str({c} or '') == {self.k(str(n.equals))})"
+            if n.not_equals is not None:
+                return f"(str({c} or '') != {self.k(str(n.not_equals))})"
+            if n.in_ is not None:
+                return f"(str({c} or '') in {self.k({str(x) for x in n.in_})})"
+            if n.not_in is not None:
+                return f"(str({c} or '') not in {self.k({str(x) for x in n.not_in})})"
+            return f"({self.k(re.compile(n.matches or ''))}.search(str({c} or '')) is not None)"
+
+        for text in {t: None for _, t in _condition_fields(node)}:  # every value first, in order
+            value(text)
+        return expr(node)
+
     def assign(self, ind: int, f: _Field, x: str, many: bool) -> None:
         """_assign(res, f, values): values is [x] (many False) or the non-empty list x."""
         e = self.emit
@@ -784,7 +920,7 @@ class _Hl7Codegen:
         e = self.emit
         e(ind, f"# {f.target}")
         if f.when is not None:
-            e(ind, f"if {self.k(f.when)}(getter(INP, sc, pcache)):")
+            e(ind, f"if {self.condition(ind, f.when_node)}:")
             ind += 1
         if src.kind == "const":
             const = src.const
@@ -801,7 +937,16 @@ class _Hl7Codegen:
             return
         if src.kind in ("ref", "refs"):
             j = self.refs.setdefault(src.key, len(self.refs))
-            if src.kind == "ref":
+            target, ours = self.steps[src.key], _steps(self.rule)
+            if src.kind == "ref" and target and ours[:len(target)] == target:
+                # its resources are made per group of an enclosing level of ours (the OBR of our
+                # OBX): the one of our group there, or none (siblings are never ours)
+                self.by_anchor[j] = None
+                e(ind, f"x = M{j}.get(sc.levels[{len(target) - 1}].start)")
+                e(ind, "if x is not None:")
+                e(ind + 1, 'x = {"reference": x}')
+                self.assign(ind + 1, f, "x", False)
+            elif src.kind == "ref":
                 e(ind, f'x = {{"reference": R{j}}} if R{j} is not None else _ref(I{j}, sc)')
                 e(ind, "if x:")
                 self.assign(ind + 1, f, "x", False)
@@ -809,6 +954,9 @@ class _Hl7Codegen:
                 e(ind, f"xs = _refs(I{j}, sc)")
                 e(ind, "if xs:")
                 self.assign(ind + 1, f, "xs", True)
+            if src.required:
+                e(ind, "else:")
+                e(ind + 1, f"raise MappingError({self.k(src.message)})")
             return
         conv = src.conv
         assert conv is not None
@@ -856,9 +1004,7 @@ class _Hl7Codegen:
     def compile(self) -> None:
         rule = self.rule
         e = self.emit
-        if rule.for_each:
-            with_ = rule.with_ or {}
-            rule.steps = tuple((seg, tuple(with_[seg]) if seg in with_ else None) for seg in rule.for_each.split("/"))
+        rule.steps = _steps(rule)
         head = ["    RS, CS, SS, ES = enc.repetition, enc.component, enc.subcomponent, enc.escape"]
         # pass 2 first: it says which rows and refs the rule reads
         self.out = []
@@ -883,13 +1029,16 @@ class _Hl7Codegen:
         else:
             e(2, f'rid = uuid5(f"{{{self.k(rule.rtype)}}}|{{seed}}|{{{self.k(rule.key)}}}|{{n}}")')
         ident = self.out
-        rows = [f"F{i}" for i in range(len(self.rows))]
+        rows = [f"F{i}" for i in range(len(self.rows))]  # what build reads
+        when: list[str] = []
+        if rule.when is not None:  # after the rows it reads (pure lookups: the order is free)
+            self.out = []
+            test = self.condition(2, rule.when_node)
+            when = [*self.out, f"        if not {test}:",
+                    f'            trace.append(f"{{{self.k(rule.key)}}}[{{n}}]: skipped (when)")',
+                    "            continue"]
         make = ["def make(scopes, seed, enc, pcache, trace):", *head, "    made = []",
                 "    for n, sc in enumerate(scopes):"]
-        if rule.when is not None:
-            make += [f"        if not {self.k(rule.when)}(getter(INP, sc, pcache)):",
-                     f'            trace.append(f"{{{self.k(rule.key)}}}[{{n}}]: skipped (when)")',
-                     "            continue"]
         anchor = rule.steps[-1][0] if rule.steps else None
         if any(name != anchor for name in self.rows):
             make.append("        first = sc.first")
@@ -902,12 +1051,15 @@ class _Hl7Codegen:
             make += [f"        F{i} = first({name!r})",
                      f"        F{i} = {pad} if F{i} is None else F{i} if len(F{i}) > {self.width[name]} "
                      f"else F{i} + {pad}"]
-        make += [*ident, f"        made.append(Instance(RULE, sc, rid, ({''.join(r + ', ' for r in rows)})))",
+        make += [*when, *ident, f"        made.append(Instance(RULE, sc, rid, ({''.join(r + ', ' for r in rows)})))",
                  "    return made"]
         build = ["def build(made, ctx, insts, pcache, entries, enc):", *head]
         for key, j in self.refs.items():
+            if j in self.by_anchor:
+                build.append(f"    M{j} = {{i.scope.levels[-1].start: i.ref for i in insts.get({key!r}, ())}}")
             build += [f"    I{j} = insts.get({key!r}, ())",
-                      f"    R{j} = I{j}[0].ref if len(I{j}) == 1 else None  # the only one: always the nearest"]
+                      f"    R{j} = I{j}[0].ref if len(I{j}) == 1 and not I{j}[0].scope.levels else None"
+                      "  # one made without for_each: in every scope"]
         build += ["    for inst in made:", "        sc = inst.scope", "        rid = inst.id"]
         if rows:
             build.append(f"        {', '.join(rows)}, = inst.rows")

@@ -111,6 +111,9 @@ class FnContext:
     concept_map: ConceptMapFn | None = None
     unmapped: Literal["error", "pass", "warn"] = "error"
     warnings: list[str] = field(default_factory=list)
+    #: a cache kept across messages by whoever owns ``concept_map`` (a compiled mapping passes
+    #: its own): concept-map translations are looked up once per coded value; None: no cache
+    memo: dict[Any, Any] | None = None
 
 
 @lru_cache(maxsize=64)
@@ -546,7 +549,8 @@ def _uid_uri(uid: str, utype: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 _Coding = tuple[str, str, str, str, str]  # system, version, code, display, source system name as sent
-_CWE_CACHE: dict[tuple[str, int, str, CodeSystems], tuple[tuple[_Coding, ...], str, tuple[str, ...]]] = {}
+_Cwe = tuple[tuple[_Coding, ...], str, tuple[str, ...], tuple[dict[str, str], ...]]  # + the codings as dicts
+_CWE_CACHE: dict[tuple[str, int, str, CodeSystems], _Cwe] = {}
 
 
 def _coding_t(parts: list[str], i: int, ver: int, oid: int, enc: Encoding, cs: CodeSystems,
@@ -579,7 +583,7 @@ def _coding_dict(c: _Coding) -> dict[str, str]:
     return out
 
 
-def _parse_cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[str, ...]]:
+def _parse_cwe(v: V, cs: CodeSystems) -> _Cwe:
     enc = v.enc
     parts = _parts(v)
     n = len(parts)
@@ -594,10 +598,10 @@ def _parse_cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[s
     text = _t(parts, 9, enc).strip() if n >= 9 else ""
     if not codings and not text:
         text = _t(parts, 2, enc).strip() or _t(parts, 5, enc).strip()
-    return tuple(codings), text, tuple(warnings)
+    return tuple(codings), text, tuple(warnings), tuple(_coding_dict(c) for c in codings)
 
 
-def _cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[str, ...]]:
+def _cwe(v: V, cs: CodeSystems) -> _Cwe:
     enc = v.enc
     key = (v.raw, v.level, enc.component + enc.subcomponent + enc.escape, cs)
     hit = _CWE_CACHE.get(key)
@@ -610,14 +614,29 @@ def _cwe(v: V, cs: CodeSystems) -> tuple[tuple[_Coding, ...], str, tuple[str, ..
 
 
 def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = False) -> dict[str, Any] | None:
-    codings_t, text, warnings = _cwe(v, ctx.codesystems)
+    codings_t, text, warnings, dicts = _cwe(v, ctx.codesystems)
     for w in warnings:
         _warn(ctx, w)
     if not codings_t:
         return {"text": text} if text else None
-    codings = [_coding_dict(c) for c in codings_t]
+    codings = [d.copy() for d in dicts]  # (the cached ones are never handed out)
     if concept_map:
-        _translate(ctx, concept_map, codings, [c[4] for c in codings_t], private)
+        memo = ctx.memo
+        if memo is None:
+            _translate(ctx, concept_map, codings, [c[4] for c in codings_t], private)
+        else:  # the translation depends only on the codings: looked up once per mapping
+            key = (concept_map, codings_t, private)
+            got = memo.get(key)
+            if got is None:
+                got = _translation(ctx, concept_map, codings, [c[4] for c in codings_t], private)
+                if len(memo) >= _CACHE_MAX:
+                    memo.clear()
+                memo[key] = got
+            new, message, warning = got
+            if new is not None:
+                codings.append(dict(new))
+            elif message is not None:
+                _unmapped(ctx, message, warning)
     out: dict[str, Any] = {"coding": codings}
     if text:
         out["text"] = text
@@ -626,10 +645,21 @@ def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = Fal
 
 def _translate(ctx: FnContext, name: str, codings: list[dict[str, str]], sources: list[str],
                private: bool = False) -> None:
+    new, message, warning = _translation(ctx, name, codings, sources, private)
+    if new is not None:
+        codings.append(new)
+    elif message is not None:
+        _unmapped(ctx, message, warning)
+
+
+def _translation(ctx: FnContext, name: str, codings: list[dict[str, str]], sources: list[str],
+                 private: bool = False) -> tuple[dict[str, str] | None, str | None, str | None]:
+    """What the concept map says about codings: (the target coding to append, None, None), or
+    (None, None, None) when it is there already, or (None, error, warning) when no coding maps."""
     lookup = ctx.concept_map
     if lookup is None:
         raise MappingError(f"concept map {name!r} is used but no concept maps are loaded")
-    for coding, source in zip(list(codings), sources, strict=True):
+    for coding, source in zip(codings, sources, strict=True):
         system = coding.get("system")
         hit = lookup(name, system or source or None, coding["code"])
         if hit is None and system and source and source != system:
@@ -642,13 +672,13 @@ def _translate(ctx: FnContext, name: str, codings: list[dict[str, str]], sources
             new["code"] = code
             if display:
                 new["display"] = display
-            if not any(c.get("system") == new.get("system") and c["code"] == code for c in codings):
-                codings.append(new)
-            return
+            if any(c.get("system") == new.get("system") and c["code"] == code for c in codings):
+                return None, None, None
+            return new, None, None
     first = codings[0]
     system = first.get("system") or sources[0] or "?"
-    _unmapped(ctx, f"concept map {name!r} has no target for {system}|{first['code']}",
-              f"concept map {name!r} has no target for a coded value of {system}" if private else None)
+    return (None, f"concept map {name!r} has no target for {system}|{first['code']}",
+            f"concept map {name!r} has no target for a coded value of {system}" if private else None)
 
 
 def codeable_concept(value: V | str | None, ctx: FnContext, *, concept_map: str | None = None,
@@ -993,8 +1023,26 @@ def _identifier(value: str, system: str | None, type_code: str, ctx: FnContext, 
     return out
 
 
+_HD_CACHE: dict[tuple[CodeSystems, tuple[str, ...]], tuple[str | None, str]] = {}
+
+
 def _hd_system(hd: list[str], enc: Encoding, cs: CodeSystems) -> tuple[str | None, str]:
-    """(system, unresolved namespace) from an HD split into subcomponents."""
+    """(system, unresolved namespace) from an HD split into subcomponents (memoised by its text:
+    assigning authorities are few and repeat in every message)."""
+    head = tuple(hd[:3])
+    if enc.escape in "".join(head):
+        return _hd_system_of(hd, enc, cs)
+    key = (cs, head)
+    hit = _HD_CACHE.get(key)
+    if hit is None:
+        hit = _hd_system_of(hd, enc, cs)
+        if len(_HD_CACHE) >= _CACHE_MAX:
+            _HD_CACHE.clear()
+        _HD_CACHE[key] = hit
+    return hit
+
+
+def _hd_system_of(hd: list[str], enc: Encoding, cs: CodeSystems) -> tuple[str | None, str]:
     ns, uid, utype = _t(hd, 1, enc).strip(), _t(hd, 2, enc).strip(), _t(hd, 3, enc).strip()
     system = cs.configured(ns) if ns else None
     if system is None and uid:

@@ -171,7 +171,7 @@ def _msh(text: str) -> tuple[str, list[str]]:
     fields = (text[:end] if end != -1 else text).split(fs)
     enc = fields[1] if len(fields) > 1 else ""
     chars = enc[:4]
-    if len(enc) < 4 or len(set(chars + fs)) != 5 or any(c.isalnum() for c in chars):
+    if len(enc) < 4 or len(set(chars + fs)) != 5 or any(map(str.isalnum, chars)):
         raise InputError(f"MSH-2 encoding characters {enc!r} are missing or invalid")
     msh9 = fields[8] if len(fields) > 8 else ""
     if not msh9.split(enc[1])[0].split(enc[0])[0]:
@@ -198,15 +198,18 @@ class Message:
             lines = [s for s in text.strip("\x0b\x1c\r\n ").split("\r") if s]
         segments: list[Segment] = []
         by_name: dict[str, list[int]] = {}
+        append, get = segments.append, by_name.get
         for i, seg in enumerate(lines):
-            name = seg[:3]
-            if len(seg) > 3 and seg[3] != fs:
-                raise InputError(f"segment {i + 1} ({seg[:8]!r}) is not followed by the field separator {fs!r}")
             parts = seg.split(fs)
+            name = parts[0]
+            if len(name) != 3:  # (a 3-letter name is followed by the separator or ends the segment)
+                name = seg[:3]
+                if len(seg) > 3 and seg[3] != fs:
+                    raise InputError(f"segment {i + 1} ({seg[:8]!r}) is not followed by the field separator {fs!r}")
             if name == "MSH":
                 parts.insert(1, fs)  # MSH-1 is the separator; MSH-2 the encoding characters
-            segments.append(Segment(name, parts, i))
-            idx = by_name.get(name)
+            append(Segment(name, parts, i))
+            idx = get(name)
             if idx is None:
                 by_name[name] = [i]
             else:

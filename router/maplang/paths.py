@@ -89,6 +89,7 @@ def owners(msg: Message) -> list[int | None]:
 # segment kinds that can be attached to another: only their lookups need owners()
 ATTACHABLE = frozenset(name for names in ATTACHED.values() for name in names)
 _NOWHERE: frozenset[int] = frozenset()
+_UNSEEN: list[str] = []  # first(): not looked up yet (None is "no such segment")
 
 
 class Level(NamedTuple):
@@ -98,6 +99,7 @@ class Level(NamedTuple):
     covered: frozenset[int] = _NOWHERE  # the segment indexes within those ranges
     name: str = ""  # the anchor's segment name
     attached: tuple[str, ...] = ()  # ATTACHED to it: never looked for outside the group
+    run: bool = False  # the group is its anchor and the run of ATTACHED segments after it, no more
 
 
 class Scope:
@@ -116,10 +118,12 @@ class Scope:
     every enclosing scope, outermost first) - dicts, not the scopes, so no reference cycle keeps a
     message's scopes from being freed as soon as the mapping is done with them."""
 
-    __slots__ = ("msg", "levels", "fields", "_above", "_found", "_outside", "_resolved", "_children")
+    __slots__ = ("msg", "levels", "fields", "_above", "_found", "_first", "_anchors", "_outside", "_resolved",
+                 "_children")
 
     def __init__(self, msg: Message, levels: tuple[Level, ...] = (), owner: list[int | None] | None = None,
-                 above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...] | None = None) -> None:
+                 above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...] | None = None,
+                 anchors: dict[str, list[Segment]] | None = None) -> None:
         self.msg, self.levels = msg, levels
         # the fields of the innermost anchor (what first() of its name gives), None at the top
         self.fields: list[str] | None = msg.segments[levels[-1].start].fields if levels else None
@@ -128,10 +132,27 @@ class Scope:
         if above is None:  # a scope made by hand: enclosing groups without memos of their own
             above = tuple({} for _ in levels)
         self._above = above
-        self._found: dict[str, list[Segment]] = {}
+        # anchors of the enclosing groups that a lookup of their name finds (what _segments would
+        # give, known when the scope is made: see iterate)
+        if anchors is None:  # the top: the message's only MSH is what every lookup of MSH finds
+            anchors = {"MSH": msg.segments[:1]} if not levels and msg.by_name.get("MSH") == [0] else {}
+        self._anchors: dict[str, list[Segment]] = anchors
+        self._found: dict[str, list[Segment]] = dict(self._anchors)
+        self._first: dict[str, list[str] | None] = {}
         self._outside: dict[tuple[str, frozenset[int]], list[Segment]] | None = None
         self._resolved: dict[Hl7Path, list[V]] | None = None
         self._children: dict[tuple[str, tuple[str, ...] | None], list[Scope]] | None = None
+
+    @classmethod
+    def _child(cls, msg: Message, levels: tuple[Level, ...], fields: list[str],
+               above: tuple[dict[tuple[str, frozenset[int]], list[Segment]], ...],
+               anchors: dict[str, list[Segment]]) -> Scope:
+        """What __init__ makes of a group iterate() found, without its checks (hot path)."""
+        sc = object.__new__(cls)
+        sc.msg, sc.levels, sc.fields, sc._above, sc._anchors = msg, levels, fields, above, anchors
+        sc._found, sc._first = dict(anchors), {}
+        sc._outside = sc._resolved = sc._children = None
+        return sc
 
     @property
     def owner(self) -> list[int | None]:
@@ -152,11 +173,38 @@ class Scope:
         return found
 
     def first(self, name: str) -> list[str] | None:
-        """The fields of the first `name` segment in scope (what PID-3 reads), or None."""
+        """The fields of the `name` segment a path without [n] reads (PID-3), or None: see nearest."""
+        got = self._first.get(name, _UNSEEN)
+        if got is _UNSEEN:
+            known = self._anchors.get(name)
+            if known is not None:
+                got = known[0].fields
+            else:
+                seg = self.nearest(name)
+                got = seg.fields if seg is not None else None
+            self._first[name] = got
+        return got  # type: ignore[return-value]
+
+    def nearest(self, name: str) -> Segment | None:
+        """The `name` segment a path without [n] reads: the first in scope, except that of those
+        found outside the innermost group, the nearest one before its anchor is taken (the ORC
+        of an OBR group is the ORC just before that OBR, not the message's first ORC)."""
         found = self._found.get(name)
         if found is None:
             found = self._found[name] = self._segments(name)
-        return found[0].fields if found else None
+        if not found:
+            return None
+        seg = found[0]
+        if len(found) == 1 or not self.levels:
+            return seg
+        a = self.levels[-1].start
+        if seg.index > a:  # none before the anchor (what lies in the group follows it)
+            return seg
+        for s in found:
+            if s.index >= a:
+                break
+            seg = s
+        return seg
 
     def _segments(self, name: str) -> list[Segment]:
         msg = self.msg
@@ -164,7 +212,8 @@ class Scope:
         if not candidates:
             return []
         segs = msg.segments
-        owner = owners(msg) if name in ATTACHABLE else None
+        attachable = name in ATTACHABLE  # then owners() says which of them are free (when needed)
+        owner: list[int | None] | None = None
         levels = self.levels
         inner: frozenset[int] = _NOWHERE
         found: list[Segment]
@@ -179,23 +228,32 @@ class Scope:
                 break
             end = lv.end
             found = []
-            if len(candidates) <= 8:
-                for i in candidates:
-                    if i <= start or i in inner:
-                        continue
-                    if i >= end:
-                        break
-                    if owner is None or owner[i] is None or owner[i] == start:
-                        found.append(segs[i])
-            else:  # a large group (thousands of OBX/NTE): start at the group, not at the first
-                j, n = bisect_right(candidates, start), len(candidates)
-                while j < n:
-                    i = candidates[j]
-                    j += 1
-                    if i >= end:
-                        break
-                    if i not in inner and (owner is None or owner[i] is None or owner[i] == start):
-                        found.append(segs[i])
+            if lv.run:  # what follows the anchor in the group is attached to it: no owners needed
+                if name in lv.attached:
+                    for i in range(start + 1, end):
+                        if segs[i].name == name and i not in inner:
+                            found.append(segs[i])
+                    break
+            else:
+                if attachable and owner is None:
+                    owner = owners(msg)
+                if len(candidates) <= 8:
+                    for i in candidates:
+                        if i <= start or i in inner:
+                            continue
+                        if i >= end:
+                            break
+                        if owner is None or owner[i] is None or owner[i] == start:
+                            found.append(segs[i])
+                else:  # a large group (thousands of OBX/NTE): start at the group, not at the first
+                    j, n = bisect_right(candidates, start), len(candidates)
+                    while j < n:
+                        i = candidates[j]
+                        j += 1
+                        if i >= end:
+                            break
+                        if i not in inner and (owner is None or owner[i] is None or owner[i] == start):
+                            found.append(segs[i])
             if found or name in lv.attached:
                 break
             inner = lv.covered  # what lies outside this group: the same for all its siblings
@@ -209,6 +267,8 @@ class Scope:
             else:
                 pending.append((memo, key))
         else:
+            if attachable and owner is None:
+                owner = owners(msg)
             if owner is None and not inner:
                 found = [segs[i] for i in candidates]
             else:
@@ -237,7 +297,6 @@ class Scope:
         until = UNTIL.get(name) if with_ is None else None
         members = with_ if with_ is not None else ATTACHED.get(name, ())
         ranges = []
-        covered: set[int] = set()
         for i in self.msg.by_name.get(name, ()):
             if not start < i < end:
                 continue
@@ -249,14 +308,23 @@ class Scope:
                 while j < end and segs[j].name in members:
                     j += 1
             ranges.append((i, j))
-            covered.update(range(i, j))
-        sib, cov = tuple(ranges), frozenset(covered)
+        sib = tuple(ranges)
+        cov = frozenset(range(*ranges[0])) if len(ranges) == 1 else frozenset(
+            [k for a, b in ranges for k in range(a, b)])
         msg, levels = self.msg, self.levels
         if self._outside is None:
             self._outside = {}
         above = (*self._above, self._outside)
         attached = ATTACHED.get(name, ())
-        got = children[key] = [Scope(msg, (*levels, Level(a, b, sib, cov, name, attached)), None, above)
+        # enclosing anchors the new groups cannot hold stay what a lookup of their name finds
+        by_name = msg.by_name
+        inherited = {k: v for k, v in self._anchors.items()
+                     if k not in attached and (len(by_name[k]) == 1 or (
+                         k in until if until is not None else k not in members and k != name))}
+        run = until is None and with_ is None
+        child = Scope._child
+        got = children[key] = [child(msg, (*levels, Level(a, b, sib, cov, name, attached, run)), segs[a].fields,
+                                     above, {**inherited, name: [segs[a]]})
                                for a, b in ranges]
         return got
 
@@ -303,14 +371,20 @@ def resolve(path: Hl7Path, scope: Scope) -> list[V]:
 
 
 def _resolve(path: Hl7Path, scope: Scope) -> list[V]:
-    segs = scope.segments(path.segment)
-    if not segs:
-        return []
-    if path.seg_occ is None and path.rep is None:  # the common case: one value, no V per repetition
-        v = first_value(path, segs[0].fields, scope.msg.enc)
-        return [] if v is None else [v]
     if path.seg_occ is None:
-        segs = segs[:1]
+        fields = scope.first(path.segment)
+        if fields is None:
+            return []
+        if path.rep is None:  # the common case: one value, no V per repetition
+            v = first_value(path, fields, scope.msg.enc)
+            return [] if v is None else [v]
+        segs = [scope.nearest(path.segment)]
+    else:
+        segs = scope.segments(path.segment)
+        if not segs:
+            return []
+    if path.seg_occ is None:
+        pass
     elif path.seg_occ > 0:
         segs = segs[path.seg_occ - 1:path.seg_occ]
     out: list[V] = []

@@ -8,6 +8,7 @@ creating another. СНИЛС values are normalised to 11 digits and their check 
 from __future__ import annotations
 
 import re
+from operator import mul
 from typing import Any
 
 from ..errors import ValidationError
@@ -19,11 +20,15 @@ ENP = "urn:oid:1.2.643.5.1.13.2.1.1.735"
 ENP_ALIASES = ("http://fhir.ru/core/systems/enp",)
 
 _NON_DIGITS = re.compile(r"\D")
+_WEIGHTS = range(9, 0, -1)
 
 
 def snils_check(digits9: str) -> str:
     """The two-digit check number of a СНИЛС from its first nine digits (domain.md)."""
-    s = sum(int(d) * w for d, w in zip(digits9, range(9, 0, -1)))
+    if len(digits9) == 9 and digits9.isascii() and digits9.isdigit():  # bytes - "0" (48); weights sum to 45
+        s = sum(map(mul, digits9.encode(), _WEIGHTS)) - 48 * 45
+    else:
+        s = sum(map(mul, map(int, digits9), _WEIGHTS))
     if s < 100:
         return f"{s:02d}"
     if s in (100, 101):
@@ -33,7 +38,7 @@ def snils_check(digits9: str) -> str:
 
 
 def normalize_snils(value: str) -> str:
-    digits = _NON_DIGITS.sub("", value)
+    digits = value if value.isdecimal() else _NON_DIGITS.sub("", value)  # isdecimal: what \d matches
     if len(digits) != 11:
         raise ValidationError(f"СНИЛС must have 11 digits, got {len(digits)}")
     if int(digits[:9]) > 1001998 and digits[9:] != snils_check(digits[:9]):  # checked above 001-001-998 only

@@ -122,6 +122,10 @@ resources:
       bodySite.text: {from: ["PID-3[*].4.2", "NTE[*]-3[2]"], required: true}
       issued: {from: OBR-22, fn: instant, required: true}
       valueString: {from: ["OBX-5[2]", "OBX-5.1.1"], when: {field: OBX-2, in: [ST, TX]}}
+      component[0].code.text: {from: OBX-3.2, when: {all: [{field: OBX-3.1, matches: "^[0-9]+-"},
+                                                          {field: OBX-1, not_equals: 2}]}}
+      component[1].code.text: {from: OBX-3.2, when: [{field: NTE-3, not_in: [a, b]},
+                                                     {not: {field: ORC-1, exists: false}}]}
   - key: spm
     resource: Specimen
     for_each: SPM
