@@ -11,13 +11,15 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from . import __version__
 from .config.loader import Config, listener_key, load_config
 from .db import create_schema, database_url, make_engine
 from .intake import Intake, JournalWriter
 from .logging import get
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .runtime import RouteRuntime, build_routes
 from .sources.base import SourceContext
 from .tls import server_context
@@ -42,6 +44,7 @@ class AppOptions:
     run_workers: bool = True
     run_http: bool = True
     run_routes: bool = True  # False: an API-only node (`router api`): no transport, no routes
+    run_api: bool = True  # False: the HTTP server has /health and /metrics only (`router worker --http-port`)
 
 
 def load(options: AppOptions) -> Config:
@@ -63,8 +66,12 @@ class App:
         self.engine: sa.Engine = make_engine(self.db_url)
         self.http_app = FastAPI(title="router", version=__version__)
         self.http_app.add_api_route("/health", self._health, methods=["GET"])
+        self.metrics = Metrics({"version": __version__, "transport": "none" if not options.run_routes else
+                                "rabbitmq" if options.broker_url else "embedded",
+                                "database": self.engine.dialect.name})
+        self.http_app.add_api_route("/metrics", self._metrics, methods=["GET"])
         # the FHIR API, built before any connection opens (a missing JWT secret is a ConfigError here)
-        if options.run_http and self.config.settings.api.enabled:
+        if options.run_http and options.run_api and self.config.settings.api.enabled:
             from .api.fhir import fhir_router
 
             self.http_app.include_router(fhir_router(self.engine, self.config.settings.api, str(self.config.base_dir)))
@@ -78,6 +85,10 @@ class App:
         self.journal_writer: JournalWriter | None = None
         self.http_server: uvicorn.Server | None = None
         self.ready = asyncio.Event()
+
+    async def _metrics(self) -> Response:
+        body = await asyncio.to_thread(self.metrics.exposition)  # queue depths may ask the broker
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     async def _health(self) -> JSONResponse:
         try:
@@ -103,6 +114,8 @@ class App:
         self.routes = build_routes(self.config, self.transport, self.options.namespace,
                                    with_destinations=self.options.run_workers)
         self.transport.setup([r.queues for r in self.routes])
+        self.metrics.watch(self.routes, self.transport.depth, lambda: self.worker.stats if self.worker else None,
+                           outcomes=self.options.run_workers)
         if self.options.run_workers:
             self.worker = Worker(self.routes, self.transport, self.engine)
             self.worker.start()
