@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,12 +39,22 @@ class Accepted:
 
 class JournalWriter:
     """Writes intake's journal entries in batches on a background thread. Best effort: the
-    transport already holds the message; the worker upserts the row again when it processes it."""
+    transport already holds the message; the worker upserts the row again when it processes it.
 
-    def __init__(self, engine: sa.Engine | None) -> None:
+    After the first entry of a batch it lingers ``linger`` seconds, then takes everything queued
+    (at most ``max_batch``): under load the journal costs one transaction per batch, not one per
+    few messages, and the thread wakes once per batch instead of once per message. One connection
+    is kept across batches (no pool checkout and liveness ping per batch); a batch that fails on
+    it is tried once more on a new connection, then dropped with a warning.
+    """
+
+    def __init__(self, engine: sa.Engine | None, *, linger: float = 0.1, max_batch: int = 2000) -> None:
         self.engine = engine
-        self.q: queue.Queue[journal.Entry | None] = queue.Queue()
+        self.linger = linger
+        self.max_batch = max_batch
+        self.q: queue.SimpleQueue[journal.Entry | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._conn: sa.Connection | None = None
         if engine is not None:
             self.thread.start()
 
@@ -54,20 +65,45 @@ class JournalWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch = [self.q.get()]
-            while len(batch) < 1000:
+            first = self.q.get()
+            batch = [first]
+            if first is not None and self.linger > 0:
+                time.sleep(self.linger)
+            while len(batch) < self.max_batch and batch[-1] is not None:
                 try:
                     batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-            stop = None in batch
+            stop = batch[-1] is None
             entries = [e for e in batch if e is not None]
-            if entries and self.engine is not None:
-                try:
-                    with self.engine.begin() as conn:
-                        journal.record(conn, entries)
-                except Exception as exc:  # noqa: BLE001 - the journal must not break intake
+            if entries:
+                self._write(entries)
+        if self._conn is not None:
+            self._drop()
+
+    def _write(self, entries: list[journal.Entry]) -> None:
+        assert self.engine is not None
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            try:
+                if self._conn is None:
+                    self._conn = self.engine.connect()
+                with self._conn.begin():
+                    journal.record(self._conn, entries)
+                return
+            except Exception as exc:  # noqa: BLE001 - the journal must not break intake
+                self._drop()
+                if fresh or attempt == 2:
                     log.warning("journal write failed", error=type(exc).__name__, count=len(entries))
+                    return
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def close(self) -> None:
         if self.engine is not None and self.thread.is_alive():
