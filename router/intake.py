@@ -8,7 +8,6 @@ their sender (ACK, HTTP status) from what this returns or raises. The journal's
 """
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
@@ -23,6 +22,7 @@ from .errors import InputError, RejectedError, TransportError
 from .formats import hl7v2
 from .logging import get
 from .runtime import RouteRuntime
+from .transport.aio import bridge_for
 from .transport.base import Transport
 
 log = get("router.intake")
@@ -130,10 +130,11 @@ class Intake:
         raise RejectedError(f"no route accepts {what} here")
 
     def prepare(self, raw: bytes, *, source: str, content_type: str | None = None,
-                headers: dict[str, str] | None = None) -> Accepted:
-        """Parse just enough to route; raises InputError / RejectedError (journaled as refused)."""
+                headers: dict[str, str] | None = None, header: hl7v2.Header | None = None) -> Accepted:
+        """Parse just enough to route; raises InputError / RejectedError (journaled as refused).
+        `header`: the message's MSH when the source has parsed it already."""
         try:
-            return self._prepare(raw, source, content_type, headers)
+            return self._prepare(raw, source, content_type, headers, header)
         except InputError as exc:
             self.refused(raw, source, exc)
             raise
@@ -154,10 +155,10 @@ class Intake:
         log.info("refused", message_id=env.id, route=route, error=type(exc).__name__)
 
     def _prepare(self, raw: bytes, source: str, content_type: str | None,
-                 headers: dict[str, str] | None) -> Accepted:
-        header: hl7v2.Header | None = None
-        if hl7v2.is_hl7(raw):
-            header = hl7v2.parse_header(hl7v2.decode(raw))
+                 headers: dict[str, str] | None, header: hl7v2.Header | None) -> Accepted:
+        if header is not None or hl7v2.is_hl7(raw):
+            if header is None:
+                header = hl7v2.parse_header(hl7v2.decode(raw))
             content_type = content_type or HL7_CONTENT_TYPE
         elif content_type is None:
             raise InputError("message is not HL7 v2 (it must start with MSH)")
@@ -174,15 +175,12 @@ class Intake:
         env = accepted.envelope
         try:
             fut = self.transport.publish(accepted.route.queues.work, env)
-            await asyncio.wait_for(asyncio.wrap_future(fut), timeout=self.publish_timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise TransportError(f"message not confirmed durable within {self.publish_timeout:.0f}s") from None
+            await bridge_for(self).wait(fut, self.publish_timeout)
         except TransportError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"enqueue failed: {type(exc).__name__}: {exc}") from None
         self.journal.put(self._queued(env))
-        log.debug("queued", message_id=env.id, route=env.route, control_id=env.control_id)
 
     @staticmethod
     def _queued(env: Envelope) -> journal.Entry:

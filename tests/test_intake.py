@@ -60,3 +60,47 @@ def test_journal_writer_survives_a_lost_connection(postgres_url: str) -> None:
     writer.close()
     assert _count(engine, "c") == 10  # written on a new connection, nothing dropped
     engine.dispose()
+
+
+def test_future_bridge_delivers_completions_from_other_threads_and_times_out() -> None:
+    import asyncio
+    import threading
+    from concurrent.futures import Future
+
+    import pytest
+
+    from router.errors import TransportError
+    from router.transport import aio
+
+    async def main() -> None:
+        bridge = aio.FutureBridge(asyncio.get_running_loop())
+        futs: list[Future[None]] = [Future() for _ in range(500)]
+        waits = [bridge.wait(f, 30) for f in futs]
+
+        def complete() -> None:  # like a group commit: all at once, on the transport's thread
+            for i, f in enumerate(futs):
+                if i == 7:
+                    f.set_exception(TransportError("nack"))
+                else:
+                    f.set_result(None)
+
+        threading.Thread(target=complete).start()
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        assert [i for i, r in enumerate(results) if r is not None] == [7]
+        assert isinstance(results[7], TransportError)
+        assert not bridge._pending  # nothing left for the timeout sweep
+
+        never: Future[None] = Future()
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(TransportError, match="not confirmed durable within"):
+            await bridge.wait(never, 0.2)
+        assert asyncio.get_running_loop().time() - t0 < 2.5
+
+        late: Future[None] = Future()
+        w = bridge.wait(late, 30)
+        w.cancel()  # the connection went away before the confirm
+        late.set_result(None)
+        await asyncio.sleep(0.05)  # the late completion is ignored, not an InvalidStateError
+        assert not bridge._pending
+
+    asyncio.run(main())

@@ -60,18 +60,44 @@ class Frame:
 
 
 class FrameReader:
-    """Splits one connection's byte stream into frames."""
+    """Splits one connection's byte stream into frames.
+
+    The idle timeout is one timer per connection, re-armed only when it fires (not a
+    ``wait_for`` - a task and a timer - around every read): when it fires while a read has been
+    waiting for ``idle_timeout``, the read ends and raises IdleTimeout."""
 
     def __init__(self, reader: asyncio.StreamReader, max_bytes: int, idle_timeout: float, peer: str) -> None:
         self.reader, self.max, self.idle, self.peer = reader, max_bytes, idle_timeout, peer
         self.buf = bytearray()
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since: float | None = None  # loop time the pending read started, None when not reading
+        self.timed_out = False
+        self.timer = self.loop.call_later(idle_timeout, self._check_idle) if idle_timeout else None
+
+    def _check_idle(self) -> None:
+        since = self.waiting_since
+        now = self.loop.time()
+        if since is not None and now - since >= self.idle:
+            self.timer = None
+            self.timed_out = True
+            self.reader.feed_eof()  # ends the pending read; _fill turns it into IdleTimeout
+            return
+        self.timer = self.loop.call_at((since if since is not None else now) + self.idle, self._check_idle)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def _fill(self, in_frame: bool) -> bool:
         """More bytes into buf; False at end of stream. Raises IdleTimeout after idle_timeout of silence."""
+        self.waiting_since = self.loop.time()
         try:
-            data = await asyncio.wait_for(self.reader.read(READ), timeout=self.idle or None)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise IdleTimeout(in_frame) from None
+            data = await self.reader.read(READ)
+        finally:
+            self.waiting_since = None
+        if self.timed_out:
+            raise IdleTimeout(in_frame)
         if not data:
             return False
         self.buf += data
@@ -206,24 +232,29 @@ class MllpServer:
                 if subject := _subject(writer):
                     headers["tls_client"] = subject
             frames = FrameReader(reader, self.options.max_message_bytes, self.options.idle_timeout, source)
-            while True:
-                try:
-                    frame = await frames.next()
-                except IdleTimeout as exc:
-                    log.info("mllp idle timeout", peer=source, inside_a_frame=exc.in_frame)
-                    return
-                if frame is None:
-                    return
-                self.busy.add(task)
-                try:
-                    answer = await self._answer(frame, source, headers)
-                    if answer is not None:
-                        writer.write(START + answer + END)
-                        await writer.drain()
-                finally:
-                    self.busy.discard(task)
-                if frame.kind == "eof" or self.stopping:
-                    return
+            transport = writer.transport
+            try:
+                while True:
+                    try:
+                        frame = await frames.next()
+                    except IdleTimeout as exc:
+                        log.info("mllp idle timeout", peer=source, inside_a_frame=exc.in_frame)
+                        return
+                    if frame is None:
+                        return
+                    self.busy.add(task)
+                    try:
+                        answer = await self._answer(frame, source, headers)
+                        if answer is not None:
+                            writer.write(START + answer + END)
+                            if transport.get_write_buffer_size() > READ:  # a sender not reading its ACKs
+                                await writer.drain()
+                    finally:
+                        self.busy.discard(task)
+                    if frame.kind == "eof" or self.stopping:
+                        return
+            finally:
+                frames.close()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             return
         except asyncio.CancelledError:
@@ -281,7 +312,7 @@ class MllpServer:
             if header.application_ack_type:
                 extra["application_ack_type"] = header.application_ack_type
         try:
-            accepted = intake.prepare(frame.data, source=source, headers=extra)
+            accepted = intake.prepare(frame.data, source=source, headers=extra, header=header)
         except RejectedError as exc:
             return "R", str(exc), "unsupported-message-type", "MSH^1^9"
         except InputError as exc:
