@@ -89,7 +89,7 @@ class JournalWriter:
                 if self._conn is None:
                     self._conn = self.engine.connect()
                 with self._conn.begin():
-                    journal.record(self._conn, entries)
+                    journal.record_received(self._conn, entries)
                 return
             except Exception as exc:  # noqa: BLE001 - the journal must not break intake
                 self._drop()

@@ -104,3 +104,27 @@ def test_future_bridge_delivers_completions_from_other_threads_and_times_out() -
         assert not bridge._pending
 
     asyncio.run(main())
+
+
+def test_received_rows_match_record_and_never_downgrade(database_url: str) -> None:
+    engine = make_engine(database_url)
+    create_schema(engine)
+    done, fresh = _entries(2, "d")
+    refused_env = Envelope(route="-", raw=b"", source="mllp:1.2.3.4:5", sender="", control_id="d-r")
+    refused = journal.entry(refused_env, "refused", error="InputError: not HL7 'quoted' \\ \u00e9")
+    with engine.begin() as c:  # a worker processed the first before intake's row arrives
+        journal.record(c, [journal.entry(done.envelope, "processed", message_type="ORU^R01")])
+    with engine.begin() as c:
+        journal.record_received(c, [done, fresh, refused])
+    with engine.connect() as c:
+        rows = {r.control_id: r for r in c.execute(sa.select(journal.messages))}
+        assert rows["d-0"].status == "processed"  # not moved back to queued
+        assert rows["d-1"].status == "queued" and rows["d-1"].message_type == "ORU^R01"
+        assert rows["d-1"].received_at == fresh.envelope.received_at  # float round trip is exact
+        assert (rows["d-1"].id, rows["d-1"].route, rows["d-1"].sender, rows["d-1"].source) == (
+            fresh.envelope.id, "lab", "LAB^X", "test")
+        assert rows["d-r"].status == "refused" and rows["d-r"].error == refused.error
+        statuses = {(h["status"], h["detail"]) for h in journal.history(c, fresh.envelope.id)}
+        assert statuses == {("queued", None)}
+        assert sorted(h["status"] for h in journal.history(c, done.envelope.id)) == ["processed", "queued"]
+    engine.dispose()
