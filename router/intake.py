@@ -8,6 +8,7 @@ their sender (ACK, HTTP status) from what this returns or raises. The journal's
 """
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -109,6 +110,61 @@ class JournalWriter:
         if self.engine is not None and self.thread.is_alive():
             self.q.put(None)
             self.thread.join(timeout=10)
+
+
+class BacklogGate:
+    """Intake backpressure on a backlog bound. While any of `queues` holds `limit` or more ready
+    messages (accepted, not yet taken by a worker), ``wait()`` blocks; a source awaits it before
+    reading its next message, so TCP flow control reaches the senders (their ACKs come later)
+    and the workers get the CPU the listener would spend accepting more. It opens again below
+    90% of `limit`. The depth is read every `interval` seconds on a thread; when it cannot be
+    read (broker down), the gate stays as it was and publishing reports the trouble."""
+
+    def __init__(self, transport: Transport, queues: Sequence[str], limit: int, interval: float = 0.5) -> None:
+        self.transport, self.queues, self.limit, self.interval = transport, list(queues), limit, interval
+        self.low = max(0, int(limit * 0.9))
+        self.paused = False
+        self._open = asyncio.Event()
+        self._open.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        self._open.set()  # nobody stays blocked on a stopped gate
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def wait(self) -> None:
+        if self.paused:
+            await self._open.wait()
+
+    def _depth(self) -> int:
+        return max(self.transport.depth(q) for q in self.queues)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                depth = await asyncio.to_thread(self._depth)
+            except Exception as exc:  # noqa: BLE001 - the gate is advisory; publish reports the trouble
+                log.debug("backlog unknown", error=type(exc).__name__)
+            else:
+                if not self.paused and depth >= self.limit:
+                    self.paused = True
+                    self._open.clear()
+                    log.warning("intake paused: backlog at its bound", backlog=depth, limit=self.limit)
+                elif self.paused and depth < self.low:
+                    self.paused = False
+                    self._open.set()
+                    log.info("intake resumed", backlog=depth, limit=self.limit)
+            await asyncio.sleep(self.interval)
 
 
 class Intake:

@@ -24,6 +24,11 @@ version and encoding characters, MSA-2 = MSH-10, an ERR segment on errors):
 
 A resent message (same sender and MSH-10) is acknowledged again like the first; the worker
 recognises it and does not process it twice.
+
+Backpressure (``max_backlog``): while a work queue of the listener's routes holds that many
+messages not yet taken by a worker, a connection holds the message it has just read unanswered
+and reads nothing more (intake.BacklogGate reads the depth every half second), so senders wait
+for their ACKs and the workers catch up.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from typing import Any
 from ..errors import InputError, RejectedError, RouterError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
+from ..intake import BacklogGate
 from ..logging import get
 from .base import SourceContext
 from .mllp import MllpOptions
@@ -195,8 +201,14 @@ class MllpServer:
         self.connections: set[asyncio.Task[Any]] = set()
         self.busy: set[asyncio.Task[Any]] = set()  # answering a message right now
         self.stopping = False
+        self.gate: BacklogGate | None = None
+        if options.max_backlog is not None:
+            intake = context.intake
+            self.gate = BacklogGate(intake.transport, [r.queues.work for r in intake.routes], options.max_backlog)
 
     async def start(self) -> None:
+        if self.gate is not None:
+            self.gate.start()
         # TLS is started per connection (not by start_server) so that a failed handshake is logged
         self.server = await asyncio.start_server(self._serve, self.host, self.port, backlog=1024)
         sock = self.server.sockets[0].getsockname()
@@ -208,6 +220,8 @@ class MllpServer:
         if self.server is not None:
             self.server.close()
         self.stopping = True
+        if self.gate is not None:
+            await self.gate.stop()
         # connections waiting for a message close now; those answering one finish it first
         for task in list(self.connections - self.busy):
             task.cancel()
@@ -233,6 +247,7 @@ class MllpServer:
                     headers["tls_client"] = subject
             frames = FrameReader(reader, self.options.max_message_bytes, self.options.idle_timeout, source)
             transport = writer.transport
+            gate = self.gate
             try:
                 while True:
                     try:
@@ -242,6 +257,11 @@ class MllpServer:
                         return
                     if frame is None:
                         return
+                    if gate is not None and gate.paused:
+                        # backpressure: this message waits unanswered, and nothing more is read
+                        await gate.wait()
+                        if self.stopping:
+                            return
                     self.busy.add(task)
                     try:
                         answer = await self._answer(frame, source, headers)
