@@ -124,6 +124,8 @@ class BacklogGate:
         self.transport, self.queues, self.limit, self.interval = transport, list(queues), limit, interval
         self.low = max(0, int(limit * 0.9))
         self.paused = False
+        self.pauses = 0
+        self._warned = -60.0
         self._open = asyncio.Event()
         self._open.set()
         self._task: asyncio.Task[None] | None = None
@@ -159,11 +161,16 @@ class BacklogGate:
                 if not self.paused and depth >= self.limit:
                     self.paused = True
                     self._open.clear()
-                    log.warning("intake paused: backlog at its bound", backlog=depth, limit=self.limit)
+                    self.pauses += 1
+                    now = time.monotonic()
+                    if now - self._warned >= 60.0:  # the gate may flap every second: one warning a minute
+                        self._warned = now
+                        log.warning("intake paused: backlog at its bound", backlog=depth, limit=self.limit,
+                                    pauses=self.pauses)
                 elif self.paused and depth < self.low:
                     self.paused = False
                     self._open.set()
-                    log.info("intake resumed", backlog=depth, limit=self.limit)
+                    log.debug("intake resumed", backlog=depth, limit=self.limit)
             await asyncio.sleep(self.interval)
 
 

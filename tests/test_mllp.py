@@ -568,6 +568,5 @@ def test_backlog_bound_holds_acks_until_workers_catch_up(tmp_path: Path) -> None
             assert ack_code(ack) == "AA" and b"BP-over" in ack
             consumer.close()
             transport.close()
-        proc.wait_log("intake resumed", timeout=5)
     finally:
         proc.kill()
