@@ -13,6 +13,7 @@ completes fails within about a second of its deadline; deadlines are checked in 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ class FutureBridge:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._thread_id = threading.get_ident()  # made on the loop's thread (bridge_for)
         self._done: deque[tuple[asyncio.Future[None], Future[None]]] = deque()  # appended on any thread
         self._wake_scheduled = False
         self._pending: dict[asyncio.Future[None], tuple[float, float]] = {}  # -> (deadline, timeout), in order
@@ -43,6 +45,15 @@ class FutureBridge:
         return afut
 
     def _completed(self, afut: asyncio.Future[None], fut: Future[None]) -> None:
+        if threading.get_ident() == self._thread_id:  # completed on the loop itself: deliver now
+            self._pending.pop(afut, None)
+            if not afut.done():
+                exc = fut.exception()
+                if exc is None:
+                    afut.set_result(None)
+                else:
+                    afut.set_exception(exc)
+            return
         # any thread; deque.append is atomic. A wake-up is scheduled unless one is already due: the
         # flag is cleared before draining, so nothing appended after a drain is left behind.
         self._done.append((afut, fut))
@@ -84,10 +95,14 @@ class FutureBridge:
 
 
 def bridge_for(owner: Any) -> FutureBridge:
-    """The FutureBridge of the running loop, kept on `owner` (attribute `_future_bridge`)."""
+    """The FutureBridge of the running loop, kept on `owner` (attribute `_future_bridge`); a new
+    one also attaches the loop to `owner.transport` (Transport.attach_loop), if it has one."""
     loop = asyncio.get_running_loop()
     bridge: FutureBridge | None = getattr(owner, "_future_bridge", None)
     if bridge is None or bridge.loop is not loop:
         bridge = FutureBridge(loop)
         owner._future_bridge = bridge
+        transport = getattr(owner, "transport", None)
+        if transport is not None:
+            transport.attach_loop(loop)  # e.g. RabbitMQ publishes on this loop, no thread hand-off
     return bridge
