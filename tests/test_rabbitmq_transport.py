@@ -523,3 +523,24 @@ def test_publishes_on_an_attached_asyncio_loop_confirm_in_order_and_survive_a_cu
     assert first == sorted(first)  # in publish order
     consumer.ack(got)
     consumer.close()
+
+
+def test_publish_after_the_attached_loop_ended_goes_through_the_publisher_thread(make: Factory,
+                                                                                 namespace: str) -> None:
+    import asyncio
+
+    t = make()
+    route = route_queues(namespace, "after")
+    t.setup([route])
+
+    async def main() -> None:
+        t.attach_loop(asyncio.get_running_loop())
+        await asyncio.wrap_future(t.publish(route.work, env(route, 1)))
+
+    asyncio.run(main())  # the loop is closed now; this thread publishes again
+    t.publish(route.work, env(route, 2)).result(timeout=10)
+    consumer = t.consumer([route], prefetch=10)
+    got = drain(consumer, 2)
+    assert sorted(d.envelope.control_id for d in got) == ["MSG000001", "MSG000002"]
+    consumer.ack(got)
+    consumer.close()

@@ -951,7 +951,9 @@ class RabbitMQTransport(Transport):
 
     def publish(self, queue: str, envelope: Envelope) -> Future[None]:
         lp = self._loop_publisher
-        pub = lp[2] if lp is not None and lp[1] == threading.get_ident() else self._publisher
+        # the loop's publisher only from inside that loop (a thread that ran a loop once, e.g. with
+        # asyncio.run, and publishes after it ended goes through the publisher thread)
+        pub = lp[2] if lp is not None and lp[1] == threading.get_ident() and lp[0].is_running() else self._publisher
         return pub.publish(queue, envelope.to_bytes(), _properties(envelope), envelope.id)
 
     def consumer(self, routes: Iterable[RouteQueues], prefetch: int) -> Consumer:
