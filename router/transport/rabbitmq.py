@@ -35,6 +35,10 @@ Threads and connections
       (at most ``MAX_IN_FLIGHT`` unconfirmed) and resolves futures on Basic.Ack (``multiple``
       honoured); Basic.Nack or a Basic.Return (unroutable) fails them with TransportError.
       Future callbacks run on that I/O thread: keep them short and non-blocking.
+    * Intake's event loop (``attach_loop``, called by intake on its loop): publishes made inside that
+      loop go through a second publisher connection driven by the loop itself (pika's
+      ``AsyncioConnection``, the same publisher logic), with no hand-off to the I/O thread and back;
+      their futures complete on the loop. Publishes from any other thread use the I/O thread.
     * On connection loss the I/O thread reconnects with exponential backoff (0.1 s doubling, capped
       at ``reconnect_max_delay``, jittered) and publishes every unconfirmed message again on the new
       connection, in the original order. Duplicates are possible (and removed downstream by the
