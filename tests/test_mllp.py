@@ -533,3 +533,40 @@ def test_ack_text_round_trips_through_escaping(text: str) -> None:
         info = read_ack(build_ack(parse_header(head), "AE", text, error="application-error", location="PID^1^3"))
         assert (info.code, info.control_id, info.text) == ("AE", "X", text)
         assert info.errors[0].location == "PID^1^3" and info.errors[0].code == "207"
+
+
+def test_backlog_bound_holds_acks_until_workers_catch_up(tmp_path: Path) -> None:
+    from router.transport.base import route_queues
+    from router.transport.embedded import EmbeddedTransport
+
+    port, http = free_port(), free_port()
+    (tmp_path / "routes.yaml").write_text(f"""routes:
+  - name: lab
+    source: {{type: mllp, port: {port}, max_backlog: 20}}
+    accept: [ORU^R01]
+    destinations: [discard]
+""")
+    proc = RouterProcess(["run", "--no-workers", "--http-port", str(http)], tmp_path, router_env(), http_port=http)
+    try:
+        proc.wait_healthy()
+        with Client(port) as c:
+            for i in range(20):  # up to the bound: accepted at once
+                c.frame(oru(f"BP{i}"))
+                assert ack_code(c.ack()) == "AA"
+            proc.wait_log("intake paused", timeout=10)
+            c.frame(oru("BP-over"))
+            c.sock.settimeout(1.5)
+            with pytest.raises(TimeoutError):  # not read while the backlog is at its bound
+                c.ack()
+            transport = EmbeddedTransport(str(tmp_path / "var" / "queue.db"))
+            consumer = transport.consumer([route_queues("router", "lab")], prefetch=100)
+            taken = consumer.fetch(100, 5)
+            assert len(taken) == 20
+            consumer.ack(taken)  # a worker caught up
+            c.sock.settimeout(10)
+            ack = c.ack()
+            assert ack_code(ack) == "AA" and b"BP-over" in ack
+            consumer.close()
+            transport.close()
+    finally:
+        proc.kill()

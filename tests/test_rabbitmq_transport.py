@@ -477,3 +477,70 @@ def test_operator_connection_dropped_while_idle_is_reopened(make: Factory, names
     assert t.dlq_purge(route) == 0  # not idempotent, but nothing had started: retried on a new connection
     t._admin_conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
     assert t.depth(route.work) == 0
+
+
+def test_publishes_on_an_attached_asyncio_loop_confirm_in_order_and_survive_a_cut(make: Factory,
+                                                                                  namespace: str) -> None:
+    """attach_loop: intake's publishes run on its event loop (no publisher thread); same guarantees."""
+    import asyncio
+
+    t = make()
+    route = route_queues(namespace, "lab")
+    t.setup([route])
+    missing = route_queues(namespace, "nowhere")
+
+    async def main() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        t.attach_loop(loop)
+        me = threading.get_ident()
+        threads: set[int] = set()
+
+        async def publish(e: Envelope, queue: str = route.work) -> None:
+            fut = t.publish(queue, e)
+            fut.add_done_callback(lambda _f: threads.add(threading.get_ident()))
+            await asyncio.wrap_future(fut)
+
+        await asyncio.gather(*(publish(env(route, i)) for i in range(1000)))
+        assert threads == {me}  # confirmed on the loop itself
+        with pytest.raises(TransportError, match="unroutable|does not exist"):
+            await publish(env(missing, 0), missing.work)
+        # the loop publisher's connection is cut while 1000 more are in flight: they are published
+        # again on a new connection (duplicates allowed, losses not)
+        pub = t._loop_publisher[2]  # type: ignore[index]
+        second = [asyncio.ensure_future(publish(env(route, i))) for i in range(1000, 2000)]
+        await asyncio.sleep(0)
+        pub._conn._transport._sock.shutdown(socket.SHUT_RDWR)
+        await asyncio.wait_for(asyncio.gather(*second), 30)
+        return sorted(threads), len(second)
+
+    asyncio.run(main())
+    consumer = t.consumer([route], prefetch=5000)
+    got = drain(consumer, 2000, timeout=20)
+    got += consumer.fetch(500, timeout=1.0)  # duplicates, if any
+    ids = [int(d.envelope.control_id[3:]) for d in got]
+    assert set(ids) == set(range(2000))
+    first = [i for i in ids if i < 1000]
+    assert first == sorted(first)  # in publish order
+    consumer.ack(got)
+    consumer.close()
+
+
+def test_publish_after_the_attached_loop_ended_goes_through_the_publisher_thread(make: Factory,
+                                                                                 namespace: str) -> None:
+    import asyncio
+
+    t = make()
+    route = route_queues(namespace, "after")
+    t.setup([route])
+
+    async def main() -> None:
+        t.attach_loop(asyncio.get_running_loop())
+        await asyncio.wrap_future(t.publish(route.work, env(route, 1)))
+
+    asyncio.run(main())  # the loop is closed now; this thread publishes again
+    t.publish(route.work, env(route, 2)).result(timeout=10)
+    consumer = t.consumer([route], prefetch=10)
+    got = drain(consumer, 2)
+    assert sorted(d.envelope.control_id for d in got) == ["MSG000001", "MSG000002"]
+    consumer.ack(got)
+    consumer.close()

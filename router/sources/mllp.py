@@ -26,6 +26,10 @@ class MllpOptions(BaseModel):
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger messages are refused (AR)")
     idle_timeout: Duration = Field(300.0, description="close a connection that sends nothing this long")
     ack_timeout: Duration = Field(30.0, description="longest wait for durable enqueue before answering AE")
+    max_backlog: int | None = Field(None, ge=1, description="backpressure: while a work queue of this listener's "
+                                                            "routes holds this many messages not yet taken by a "
+                                                            "worker, stop reading from senders (their ACKs wait); "
+                                                            "none: no bound")
     tls: TlsOptions | None = Field(None, description="TLS on this listener: {cert_file, key_file, ca_file, "
                                                   "min_version}; ca_file makes it mutual TLS")
     receiving_application: str | None = Field(None, description="refuse messages whose MSH-5 names another "
@@ -40,7 +44,7 @@ class MllpOptions(BaseModel):
         host, port = self.address(settings)
         tls_key = self.tls.key() if self.tls else "plain"
         return [(f"tcp port {port}",
-                 f"mllp:{host}:{self.max_message_bytes}:{self.idle_timeout}:{self.ack_timeout}:{tls_key}"
+                 f"mllp:{host}:{self.max_message_bytes}:{self.idle_timeout}:{self.ack_timeout}:{self.max_backlog}:{tls_key}"
                  f":to({self.receiving_application},{self.receiving_facility})")]
 
 

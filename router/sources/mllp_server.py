@@ -25,6 +25,11 @@ version and encoding characters, MSA-2 = MSH-10, an ERR segment on errors):
 
 A resent message (same sender and MSH-10) is acknowledged again like the first; the worker
 recognises it and does not process it twice.
+
+Backpressure (``max_backlog``): while a work queue of the listener's routes holds that many
+messages not yet taken by a worker, a connection holds the message it has just read unanswered
+and reads nothing more (intake.BacklogGate reads the depth every half second), so senders wait
+for their ACKs and the workers catch up.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from ..errors import InputError, RejectedError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
 from ..formats.ack import wanted as _wanted
+from ..intake import BacklogGate
 from ..logging import get
 from .base import SourceContext
 from ..tls import server_context
@@ -62,18 +68,44 @@ class Frame:
 
 
 class FrameReader:
-    """Splits one connection's byte stream into frames."""
+    """Splits one connection's byte stream into frames.
+
+    The idle timeout is one timer per connection, re-armed only when it fires (not a
+    ``wait_for`` - a task and a timer - around every read): when it fires while a read has been
+    waiting for ``idle_timeout``, the read ends and raises IdleTimeout."""
 
     def __init__(self, reader: asyncio.StreamReader, max_bytes: int, idle_timeout: float, peer: str) -> None:
         self.reader, self.max, self.idle, self.peer = reader, max_bytes, idle_timeout, peer
         self.buf = bytearray()
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since: float | None = None  # loop time the pending read started, None when not reading
+        self.timed_out = False
+        self.timer = self.loop.call_later(idle_timeout, self._check_idle) if idle_timeout else None
+
+    def _check_idle(self) -> None:
+        since = self.waiting_since
+        now = self.loop.time()
+        if since is not None and now - since >= self.idle:
+            self.timer = None
+            self.timed_out = True
+            self.reader.feed_eof()  # ends the pending read; _fill turns it into IdleTimeout
+            return
+        self.timer = self.loop.call_at((since if since is not None else now) + self.idle, self._check_idle)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def _fill(self, in_frame: bool) -> bool:
         """More bytes into buf; False at end of stream. Raises IdleTimeout after idle_timeout of silence."""
+        self.waiting_since = self.loop.time()
         try:
-            data = await asyncio.wait_for(self.reader.read(READ), timeout=self.idle or None)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise IdleTimeout(in_frame) from None
+            data = await self.reader.read(READ)
+        finally:
+            self.waiting_since = None
+        if self.timed_out:
+            raise IdleTimeout(in_frame)
         if not data:
             return False
         self.buf += data
@@ -149,8 +181,14 @@ class MllpServer:
         self.connections: set[asyncio.Task[Any]] = set()
         self.busy: set[asyncio.Task[Any]] = set()  # answering a message right now
         self.stopping = False
+        self.gate: BacklogGate | None = None
+        if options.max_backlog is not None:
+            intake = context.intake
+            self.gate = BacklogGate(intake.transport, [r.queues.work for r in intake.routes], options.max_backlog)
 
     async def start(self) -> None:
+        if self.gate is not None:
+            self.gate.start()
         # TLS is started per connection (not by start_server) so that a failed handshake is logged
         self.server = await asyncio.start_server(self._serve, self.host, self.port, backlog=1024)
         sock = self.server.sockets[0].getsockname()
@@ -162,6 +200,8 @@ class MllpServer:
         if self.server is not None:
             self.server.close()
         self.stopping = True
+        if self.gate is not None:
+            await self.gate.stop()
         # connections waiting for a message close now; those answering one finish it first
         for task in list(self.connections - self.busy):
             task.cancel()
@@ -186,24 +226,35 @@ class MllpServer:
                 if subject := _subject(writer):
                     headers["tls_client"] = subject
             frames = FrameReader(reader, self.options.max_message_bytes, self.options.idle_timeout, source)
-            while True:
-                try:
-                    frame = await frames.next()
-                except IdleTimeout as exc:
-                    log.info("mllp idle timeout", peer=source, inside_a_frame=exc.in_frame)
-                    return
-                if frame is None:
-                    return
-                self.busy.add(task)
-                try:
-                    answer = await self._answer(frame, source, headers)
-                    if answer is not None:
-                        writer.write(START + answer + END)
-                        await writer.drain()
-                finally:
-                    self.busy.discard(task)
-                if frame.kind == "eof" or self.stopping:
-                    return
+            transport = writer.transport
+            gate = self.gate
+            try:
+                while True:
+                    try:
+                        frame = await frames.next()
+                    except IdleTimeout as exc:
+                        log.info("mllp idle timeout", peer=source, inside_a_frame=exc.in_frame)
+                        return
+                    if frame is None:
+                        return
+                    if gate is not None and gate.paused:
+                        # backpressure: this message waits unanswered, and nothing more is read
+                        await gate.wait()
+                        if self.stopping:
+                            return
+                    self.busy.add(task)
+                    try:
+                        answer = await self._answer(frame, source, headers)
+                        if answer is not None:
+                            writer.write(START + answer + END)
+                            if transport.get_write_buffer_size() > READ:  # a sender not reading its ACKs
+                                await writer.drain()
+                    finally:
+                        self.busy.discard(task)
+                    if frame.kind == "eof" or self.stopping:
+                        return
+            finally:
+                frames.close()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             return
         except asyncio.CancelledError:
@@ -261,7 +312,7 @@ class MllpServer:
             if header.application_ack_type:
                 extra["application_ack_type"] = header.application_ack_type
         try:
-            accepted = intake.prepare(frame.data, source=source, headers=extra)
+            accepted = intake.prepare(frame.data, source=source, headers=extra, header=header)
         except RejectedError as exc:
             return "R", str(exc), "unsupported-message-type", "MSH^1^9"
         except InputError as exc:

@@ -115,6 +115,10 @@ class Transport(abc.ABC):
         for f in futures:
             f.result(timeout=max(0.0, deadline - time.monotonic()))
 
+    def attach_loop(self, loop: Any) -> None:
+        """Called on the thread of an asyncio event loop that will publish (intake): a transport
+        may then serve publishes made on that thread on the loop itself. Default: nothing."""
+
     @abc.abstractmethod
     def consumer(self, routes: Iterable[RouteQueues], prefetch: int) -> Consumer:
         """A consumer of the work queues of these routes."""

@@ -35,6 +35,10 @@ Threads and connections
       (at most ``MAX_IN_FLIGHT`` unconfirmed) and resolves futures on Basic.Ack (``multiple``
       honoured); Basic.Nack or a Basic.Return (unroutable) fails them with TransportError.
       Future callbacks run on that I/O thread: keep them short and non-blocking.
+    * Intake's event loop (``attach_loop``, called by intake on its loop): publishes made inside that
+      loop go through a second publisher connection driven by the loop itself (pika's
+      ``AsyncioConnection``, the same publisher logic), with no hand-off to the I/O thread and back;
+      their futures complete on the loop. Publishes from any other thread use the I/O thread.
     * On connection loss the I/O thread reconnects with exponential backoff (0.1 s doubling, capped
       at ``reconnect_max_delay``, jittered) and publishes every unconfirmed message again on the new
       connection, in the original order. Duplicates are possible (and removed downstream by the
@@ -63,6 +67,7 @@ Consumer connection loss (the choice made here)
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import socket
@@ -79,6 +84,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pika.exceptions as pex
+from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
 
@@ -182,15 +188,39 @@ def _fail(item: _Pending, exc: TransportError) -> None:
         item.future.set_exception(exc)
 
 
+class _LoopServices:
+    """The part of pika's IOLoop that _Publisher uses, on an asyncio event loop (its own thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: threading.Event) -> None:
+        self.loop, self.done = loop, done
+        self.thread_id: int | None = None
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any:
+        return self.loop.call_later(delay, callback)
+
+    def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
+        if threading.get_ident() == self.thread_id:
+            self.loop.call_soon(callback)  # no self-pipe write from the loop's own thread
+        else:
+            self.loop.call_soon_threadsafe(callback)  # RuntimeError once the loop is closed
+
+    def stop(self) -> None:
+        self.done.set()
+
+
 class _Publisher:
-    """Owns the publisher connection. Everything but publish()/close() runs on the I/O thread."""
+    """Owns the publisher connection. Everything but publish()/close() runs on the I/O thread: its
+    own thread with a pika IOLoop, or (``loop`` given) that asyncio event loop, where publishes
+    made on the loop's thread need no thread hand-off (intake's path, see attach_loop)."""
 
     def __init__(self, params_factory: Callable[[str], pika.URLParameters], *, reconnect_max_delay: float,
-                 publish_timeout: float, name: str) -> None:
+                 publish_timeout: float, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._params_factory = params_factory
         self._max_delay = reconnect_max_delay
         self._timeout = publish_timeout
-        self._ioloop = IOLoop()
+        self._done = threading.Event()  # loop mode: set once stopped
+        self._loop_services = _LoopServices(loop, self._done) if loop is not None else None
+        self._ioloop: Any = self._loop_services if self._loop_services is not None else IOLoop()
         # shared with publishing threads (under _lock)
         self._lock = threading.Lock()
         self._inbox: list[_Pending] = []
@@ -211,7 +241,11 @@ class _Publisher:
         self._close_deadline = 0.0
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        if self._loop_services is None:
+            self._thread.start()
+        else:
+            loop = self._loop_services.loop
+            loop.call_soon_threadsafe(self._start_on_loop)
 
     # ---- any thread ------------------------------------------------------
     def publish(self, queue: str, body: bytes, props: pika.BasicProperties, message_id: str) -> Future[None]:
@@ -239,11 +273,31 @@ class _Publisher:
         with self._lock:
             already = self._closed
             self._closed = True
+        if self._loop_services is not None:
+            self._close_on_loop(timeout, already)
+            return
         if not already:
             self._ioloop.add_callback_threadsafe(partial(self._begin_close, timeout))
         self._thread.join(timeout + 5.0)
         if self._thread.is_alive():
             log.warning("rabbitmq publisher thread did not stop in time")
+
+    def _close_on_loop(self, timeout: float, already: bool) -> None:
+        services = self._loop_services
+        assert services is not None
+        if threading.get_ident() == services.thread_id:
+            # on the loop itself nothing can be waited for: what is not confirmed yet fails now
+            if not already:
+                self._begin_close(0.0)
+            return
+        try:
+            if not already:
+                services.add_callback_threadsafe(partial(self._begin_close, timeout))
+        except RuntimeError:  # the loop is closed: nothing runs any more
+            self._done.set()
+        if not self._done.wait(timeout + 5.0):
+            log.warning("rabbitmq loop publisher did not stop in time")
+        self._fail_all("transport closed before the broker confirmed the message")
 
     @property
     def connected(self) -> bool:
@@ -268,6 +322,18 @@ class _Publisher:
         except Exception:  # noqa: BLE001
             pass
 
+    def _start_on_loop(self) -> None:
+        assert self._loop_services is not None
+        self._loop_services.thread_id = threading.get_ident()
+        self._connect()
+        self._ioloop.call_later(_TICK, self._tick)
+
+    def _fail_all(self, why: str) -> None:
+        for item in list(self._outbox) + list(self._unconfirmed.values()) + self._take_inbox():
+            _fail(item, TransportError(why))
+        self._outbox.clear()
+        self._unconfirmed.clear()
+
     def _take_inbox(self) -> list[_Pending]:
         with self._lock:
             items, self._inbox = self._inbox, []
@@ -283,10 +349,16 @@ class _Publisher:
             self._finish()
             return
         try:
-            self._conn = pika.SelectConnection(
-                self._params_factory("publisher"), on_open_callback=self._on_conn_open,
-                on_open_error_callback=self._on_conn_open_error, on_close_callback=self._on_conn_closed,
-                custom_ioloop=self._ioloop)
+            if self._loop_services is not None:
+                self._conn = AsyncioConnection(
+                    self._params_factory("publisher"), on_open_callback=self._on_conn_open,
+                    on_open_error_callback=self._on_conn_open_error, on_close_callback=self._on_conn_closed,
+                    custom_ioloop=self._loop_services.loop)
+            else:
+                self._conn = pika.SelectConnection(
+                    self._params_factory("publisher"), on_open_callback=self._on_conn_open,
+                    on_open_error_callback=self._on_conn_open_error, on_close_callback=self._on_conn_closed,
+                    custom_ioloop=self._ioloop)
         except Exception as exc:  # noqa: BLE001
             self._conn = None
             self._last_error = _describe(exc)
@@ -494,6 +566,8 @@ class _Publisher:
     def _finish(self) -> None:
         if not self._stopped:
             self._stopped = True
+            if self._loop_services is not None:
+                self._fail_all("transport closed before the broker confirmed the message")
             self._ioloop.stop()
 
 
@@ -784,6 +858,8 @@ class RabbitMQTransport(Transport):
         self._consumers: weakref.WeakSet[_RabbitConsumer] = weakref.WeakSet()
         self._publisher = _Publisher(self._params, reconnect_max_delay=self.reconnect_max_delay,
                                      publish_timeout=self.publish_timeout, name=f"rabbitmq-publisher-{namespace}")
+        self._loop_lock = threading.Lock()
+        self._loop_publisher: tuple[asyncio.AbstractEventLoop, int, _Publisher] | None = None
 
     def __repr__(self) -> str:
         return f"RabbitMQTransport({redact(self.url)!r}, namespace={self.namespace!r})"
@@ -862,8 +938,27 @@ class RabbitMQTransport(Transport):
         self._admin(declare)
         self._declared.update(wanted)
 
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Publishes made on `loop`'s thread from now on go through a second publisher connection
+        driven by that loop (pika's AsyncioConnection): no hand-off to the publisher thread and
+        back. Same guarantees (confirms, returns, reconnect and republish, timeouts); messages
+        published on the loop keep their order. Idempotent for the same loop."""
+        with self._loop_lock:
+            if self._closed or (self._loop_publisher is not None and self._loop_publisher[0] is loop):
+                return
+            old = self._loop_publisher
+            self._loop_publisher = (loop, threading.get_ident(), _Publisher(
+                self._params, reconnect_max_delay=self.reconnect_max_delay, publish_timeout=self.publish_timeout,
+                name=f"rabbitmq-loop-publisher-{self.namespace}", loop=loop))
+        if old is not None:
+            old[2].close(0.0)
+
     def publish(self, queue: str, envelope: Envelope) -> Future[None]:
-        return self._publisher.publish(queue, envelope.to_bytes(), _properties(envelope), envelope.id)
+        lp = self._loop_publisher
+        # the loop's publisher only from inside that loop (a thread that ran a loop once, e.g. with
+        # asyncio.run, and publishes after it ended goes through the publisher thread)
+        pub = lp[2] if lp is not None and lp[1] == threading.get_ident() and lp[0].is_running() else self._publisher
+        return pub.publish(queue, envelope.to_bytes(), _properties(envelope), envelope.id)
 
     def consumer(self, routes: Iterable[RouteQueues], prefetch: int) -> Consumer:
         if self._closed:
@@ -948,6 +1043,10 @@ class RabbitMQTransport(Transport):
     def close(self) -> None:
         if self._closed:
             return
+        with self._loop_lock:
+            lp, self._loop_publisher = self._loop_publisher, None
+        if lp is not None:
+            lp[2].close(CLOSE_FLUSH_TIMEOUT)
         self._publisher.close(CLOSE_FLUSH_TIMEOUT)
         self._closed = True
         me = threading.get_ident()
