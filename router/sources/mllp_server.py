@@ -44,8 +44,8 @@ from ..formats.ack import build_ack
 from ..formats.ack import wanted as _wanted
 from ..intake import BacklogGate
 from ..logging import get
-from .base import SourceContext
 from ..tls import server_context
+from .base import SourceContext
 from .mllp import MllpOptions
 
 log = get("router.mllp")
