@@ -37,7 +37,11 @@ def current(engine: sa.Engine) -> str | None:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Processes starting together on a fresh PostgreSQL schema (a listener and its workers) take
+    turns: a transaction-level advisory lock per schema, so the second finds the schema at head."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('router-migrate:' || current_schema()))")
         command.upgrade(_config(conn), revision)
 
 

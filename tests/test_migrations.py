@@ -52,3 +52,20 @@ def test_router_db_upgrade_and_current(tmp_path: Path) -> None:
     assert "(up to date)" in again.stdout
     cur = run_cli(["db", "current", "--database-url", url], tmp_path, router_env())
     assert f"current: {migrate.head()}" in cur.stdout and f"latest:  {migrate.head()}" in cur.stdout
+
+
+def test_processes_starting_together_on_a_fresh_postgresql_schema_take_turns(postgres_url: str) -> None:
+    """A listener and its workers started at once all run the migrations: none may fail."""
+    import concurrent.futures
+
+    from router.db import make_engine
+    from router.migrate import current, head, upgrade
+
+    engines = [make_engine(postgres_url) for _ in range(4)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(upgrade, engines))  # raises if one of them failed
+        assert current(engines[0]) == head()
+    finally:
+        for e in engines:
+            e.dispose()
