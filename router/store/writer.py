@@ -22,13 +22,17 @@ from urllib.parse import parse_qsl
 import orjson
 import sqlalchemy as sa
 
-from ..db import insert_rows
+from ..db import insert_tuples
 from ..errors import ConflictError, InputError
 from . import identity
 from .tables import INDEX_TABLES, history, identifiers, resources
 
 Key = tuple[str, str]  # (resource_type, id)
 IdentKey = tuple[str, str, str]  # (resource_type, system, value)
+_RESOURCE_COLS = ("resource_type", "id", "version_id", "last_updated", "deleted", "patient_id", "org_id", "message_id",
+                  "content")
+_HISTORY_COLS = ("resource_type", "id", "version_id", "last_updated", "deleted", "content")
+_IDENT_COLS = ("resource_type", "system", "value", "id")
 _ID_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
@@ -214,39 +218,40 @@ class BatchWriter:
         if not written:
             return []
         conn = self.conn
-        cur_rows = []
-        hist_rows = []
+        # resources never stored before (first version written in this batch) are plain inserts; a
+        # concurrent writer that stored one meanwhile makes it (or the history insert) clash, as before
+        new_rows, cur_rows, hist_rows = [], [], []
         for (rtype, rid), versions in written.items():
             last = versions[-1]
-            cur_rows.append({"resource_type": rtype, "id": rid, "version_id": last.version_id,
-                             "last_updated": last.last_updated, "deleted": last.deleted,
-                             "patient_id": last.patient_id, "org_id": last.org_id,
-                             "message_id": self.base.message_ids.get((rtype, rid)), "content": last.content})
+            (new_rows if versions[0].version_id == 1 else cur_rows).append(
+                (rtype, rid, last.version_id, last.last_updated, last.deleted, last.patient_id, last.org_id,
+                 self.base.message_ids.get((rtype, rid)), last.content))
             for st in versions:
-                hist_rows.append({"resource_type": rtype, "id": rid, "version_id": st.version_id,
-                                  "last_updated": st.last_updated, "deleted": st.deleted, "content": st.content})
-        insert_rows(conn, resources, cur_rows, conflict=(
+                hist_rows.append((rtype, rid, st.version_id, st.last_updated, st.deleted, st.content))
+        insert_tuples(conn, resources, _RESOURCE_COLS, new_rows)
+        insert_tuples(conn, resources, _RESOURCE_COLS, cur_rows, conflict=(
             "ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, "
             "last_updated = excluded.last_updated, deleted = excluded.deleted, patient_id = excluded.patient_id, "
             "org_id = excluded.org_id, message_id = excluded.message_id, content = excluded.content"))
-        insert_rows(conn, history, hist_rows)
+        insert_tuples(conn, history, _HISTORY_COLS, hist_rows)
         keys = [k for k, vs in written.items() if vs[0].version_id > 1]  # new resources have no rows yet
         self._delete_for(identifiers, keys)
-        insert_rows(conn, identifiers, [{"resource_type": t, "system": s[:256], "value": v[:256], "id": i}
-                                        for (t, i), vs in written.items() for s, v in vs[-1].keys])
+        insert_tuples(conn, identifiers, _IDENT_COLS, [(t, s[:256], v[:256], i) for (t, i), vs in written.items()
+                                                       for s, v in vs[-1].keys])
         for table in INDEX_TABLES.values():
             self._delete_for(table, keys)
-        by_table: dict[str, dict[tuple[str, ...], list[dict[str, Any]]]] = {}
+        groups: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         for (rtype, rid), versions in written.items():
             last = versions[-1]
             if last.body is None:
                 continue
             for kind, row in self.indexer({**last.body, "resourceType": rtype, "id": rid}):
-                full = {"resource_type": rtype, "id": rid, **row}
-                by_table.setdefault(kind, {}).setdefault(tuple(full), []).append(full)
-        for kind, groups in by_table.items():
-            for rows in groups.values():
-                insert_rows(conn, INDEX_TABLES[kind], rows)
+                group = groups.get((kind, tuple(row)))
+                if group is None:
+                    group = groups[(kind, tuple(row))] = []
+                group.append((rtype, rid, *row.values()))
+        for (kind, cols), rows in groups.items():
+            insert_tuples(conn, INDEX_TABLES[kind], ("resource_type", "id", *cols), rows)
         self.base.written = {}
         return [("delete" if vs[-1].deleted else "create" if vs[0].version_id == 1 else "update", t, i,
                  vs[-1].patient_id, self.base.message_ids.get((t, i))) for (t, i), vs in written.items()]
