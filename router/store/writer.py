@@ -79,9 +79,8 @@ class Overlay:
     written: dict[Key, list[State]] = field(default_factory=dict)  # versions written in this batch, in order
     message_ids: dict[Key, str | None] = field(default_factory=dict)
 
-    def copy(self) -> Overlay:
-        return Overlay(dict(self.states), dict(self.idents), {k: list(v) for k, v in self.written.items()},
-                       dict(self.message_ids))
+
+_MISSING: Any = object()
 
 
 class BatchWriter:
@@ -92,7 +91,10 @@ class BatchWriter:
         self.conn, self.indexer, self.compartment = conn, indexer, compartment
         self.now = now or time.time()
         self.base = Overlay()
-        self.ov = self.base  # the overlay of the bundle being planned
+        self.ov = self.base  # the same overlay; kept as two names for readers of the batch view
+        # while a bundle is planned: (dict, key, previous value) of each change it made, undone in
+        # reverse if it fails (copying the overlay for every bundle made a batch quadratic)
+        self._undo: list[tuple[dict[Any, Any], Any, Any]] | None = None
 
     # ---------------------------------------------------------------- snapshot reads
     def prefetch(self, keys: Iterable[Key], idents: Iterable[IdentKey]) -> None:
@@ -157,13 +159,19 @@ class BatchWriter:
 
     # ---------------------------------------------------------------- writes to the overlay
     def begin_bundle(self) -> None:
-        self.ov = self.base.copy()
+        self._undo = []
 
     def commit_bundle(self) -> None:
-        self.base = self.ov
+        self._undo = None
 
     def abort_bundle(self) -> None:
-        self.ov = self.base
+        """Forget what the bundle being planned wrote to the overlay (what it read stays)."""
+        for d, key, old in reversed(self._undo or ()):
+            if old is _MISSING:
+                d.pop(key, None)
+            else:
+                d[key] = old
+        self._undo = None
 
     def put(self, resource: dict[str, Any], message_id: str | None = None) -> tuple[State, bool, bool]:
         """Write the next version of `resource` (resourceType and id set). Returns (state, changed, created)."""
@@ -200,15 +208,23 @@ class BatchWriter:
         return st
 
     def _set(self, key: Key, st: State, cur: State | None, message_id: str | None) -> None:
-        ov = self.ov
+        ov, undo = self.ov, self._undo
+        changes: list[tuple[dict[Any, Any], Any, Any]] = []
         for s, v in (cur.keys if cur else ()):
-            if ov.idents.get((key[0], s, v), self.base.idents.get((key[0], s, v))) == key[1]:
-                ov.idents[(key[0], s, v)] = None
+            if ov.idents.get((key[0], s, v)) == key[1]:
+                changes.append((ov.idents, (key[0], s, v), None))
         for s, v in st.keys:
-            ov.idents[(key[0], s, v)] = key[1]
-        ov.states[key] = st
-        ov.written.setdefault(key, []).append(st)
-        ov.message_ids[key] = message_id
+            changes.append((ov.idents, (key[0], s, v), key[1]))
+        changes.append((ov.states, key, st))
+        changes.append((ov.message_ids, key, message_id))
+        for d, k, value in changes:
+            if undo is not None:
+                undo.append((d, k, d.get(k, _MISSING)))
+            d[k] = value
+        versions = ov.written.get(key)
+        if undo is not None:
+            undo.append((ov.written, key, _MISSING if versions is None else versions))
+        ov.written[key] = [*versions, st] if versions else [st]
 
     # ---------------------------------------------------------------- flush
     def flush(self) -> list[tuple[str, str, str, str | None, str | None]]:
