@@ -12,6 +12,7 @@ fail the whole batch; the caller's batch logic retries or isolates.
 """
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -42,8 +43,9 @@ def check_id(rid: str) -> str:
     return rid
 
 
+@functools.lru_cache(maxsize=64)
 def instant(ts: float) -> str:
-    """FHIR instant (UTC, milliseconds)."""
+    """FHIR instant (UTC, milliseconds). Cached: a batch stamps every resource with the same time."""
     t = time.gmtime(ts)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(ts * 1000) % 1000:03d}Z"
 
