@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,12 @@ def count(engine: sa.Engine) -> int:
         return int(c.execute(sa.text("SELECT count(*) FROM journal_messages WHERE status = 'processed'")).scalar_one())
 
 
+def start_profile(out: str, pid: int, idle: bool) -> subprocess.Popen[bytes]:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([exe, "record", "-r", "100", "--format", "raw", "-o", out, "--pid", str(pid),
+                             *(["--idle"] if idle else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def cpu_seconds(children: list[procs.Child]) -> float:
     """User + system CPU time of the worker processes so far."""
     import psutil
@@ -89,11 +96,18 @@ def main() -> None:
     ap.add_argument("--database-url", default=PG)
     ap.add_argument("--broker-url", default=BROKER)
     ap.add_argument("--profile", help="py-spy raw profile of worker 0 written here")
+    ap.add_argument("--idle", action="store_true", help="profile with idle samples (where the wall time goes)")
+    ap.add_argument("--batch-size", type=int, help="the route's batch_size (default: the route default)")
+    ap.add_argument("--concurrency", type=int, help="the route's consumer threads per worker (default: the route default)")
     ap.add_argument("--timeout", type=float, default=600)
     a = ap.parse_args()
     ns = procs.namespace()
     with procs.workdir() as folder, procs.pg_schema(a.database_url, "drain") as pg:
         routes_file = routes.write(folder)
+        extra = (f"    batch_size: {a.batch_size}\n    prefetch: {2 * a.batch_size}\n" if a.batch_size else "") + (
+            f"    concurrency: {a.concurrency}\n" if a.concurrency else "")
+        routes_file.write_text(routes_file.read_text().replace("    destinations: [store]\n",
+                                                               "    destinations: [store]\n" + extra))
         engine = sa.create_engine(pg, pool_size=1)
         create_schema(engine)
         children: list[procs.Child] = []
@@ -107,11 +121,6 @@ def main() -> None:
                       "--namespace", ns, "--data-dir", str(folder / "var")]
             for k in range(a.workers):
                 children.append(procs.router_child("worker", common, folder, f"worker{k}"))
-            if a.profile:
-                exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                spy = subprocess.Popen([exe, "record", "-r", "100", "--format", "raw", "-o", a.profile,
-                                        "--pid", str(children[0].pid)], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + a.timeout
             first: tuple[float, int] | None = None
             done = 0
@@ -123,9 +132,15 @@ def main() -> None:
                 if first is None and done > 0:
                     first = (now, done)
                     cpu0 = cpu_seconds(children)
+                    if a.profile:  # the drain only, not the start-up nor the stop
+                        spy = start_profile(a.profile, children[0].pid, a.idle)
                 time.sleep(0.1)
             end = time.perf_counter()
             cpu1 = cpu_seconds(children)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+                spy = None
             if done < a.n:
                 raise RuntimeError(f"only {done} of {a.n} processed before the timeout")
             assert first is not None
@@ -143,7 +158,7 @@ def main() -> None:
                   f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
         finally:
             if spy is not None:
-                spy.send_signal(2)
+                spy.send_signal(signal.SIGINT)
                 spy.wait(30)
             for c in reversed(children):
                 c.stop()
