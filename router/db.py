@@ -85,7 +85,9 @@ def insert_tuples(conn: sa.Connection, table: sa.Table, cols: Sequence[str], row
     pure Python, element by element: 21% of a worker's time at 80 rows a message (py-spy). So plain
     inserts on psycopg are a binary COPY (the rows are encoded by psycopg's C code, about a tenth of
     the cost); inserts with a conflict clause, which COPY cannot take, stay an INSERT ... SELECT
-    FROM unnest. SQLite: the driver's executemany without SQLAlchemy's per-row parameter processing.
+    FROM unnest with the arrays sent in binary (``%(x)b``: a third of the text cost; float columns
+    are made floats, as a binary array cannot mix int and float). SQLite: the driver's executemany
+    without SQLAlchemy's per-row parameter processing.
     """
     if not rows:
         return
@@ -94,9 +96,11 @@ def insert_tuples(conn: sa.Connection, table: sa.Table, cols: Sequence[str], row
         if not conflict and conn.dialect.driver == "psycopg":
             copy_rows(conn, table, cols, rows)
             return
-        arrays = ", ".join(f"%(a{n})s::{_pg_type(table.c[c])}[]" for n, c in enumerate(cols))
+        types = [_pg_type(table.c[c]) for c in cols]
+        arrays = ", ".join(f"%(a{n})b::{t}[]" for n, t in enumerate(types))  # binary arrays: cheaper to dump
         sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) {conflict}'
-        conn.exec_driver_sql(sql, {f"a{n}": list(col) for n, col in enumerate(zip(*rows))})
+        conn.exec_driver_sql(sql, {f"a{n}": [None if x is None else float(x) for x in col] if t == "float8" else list(col)
+                                   for n, (t, col) in enumerate(zip(types, zip(*rows)))})
     else:
         marks = ", ".join("?" for _ in cols)
         conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) {conflict}', rows)

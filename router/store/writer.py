@@ -124,7 +124,7 @@ class BatchWriter:
         if self.conn.dialect.name == "postgresql":  # one short statement, whatever the batch size
             return self.conn.exec_driver_sql(
                 "SELECT r.resource_type, r.id, r.version_id, r.deleted, r.content, r.last_updated, r.patient_id, "
-                "r.org_id FROM store_resources r JOIN unnest(%(t)s::text[], %(i)s::text[]) AS w(resource_type, id) "
+                "r.org_id FROM store_resources r JOIN unnest(%(t)b::text[], %(i)b::text[]) AS w(resource_type, id) "
                 "USING (resource_type, id)", {"t": [k[0] for k in keys], "i": [k[1] for k in keys]}).all()
         r = resources.c
         out: list[tuple[Any, ...]] = []
@@ -139,7 +139,7 @@ class BatchWriter:
         out: dict[IdentKey, str] = {}
         if self.conn.dialect.name == "postgresql":
             sql = ("SELECT i.resource_type, i.system, i.value, i.id FROM store_identifiers i JOIN "
-                   "unnest(%(t)s::text[], %(s)s::text[], %(v)s::text[]) AS w(resource_type, system, value) "
+                   "unnest(%(t)b::text[], %(s)b::text[], %(v)b::text[]) AS w(resource_type, system, value) "
                    "USING (resource_type, system, value)")
             rows = self.conn.exec_driver_sql(sql, {"t": [i[0] for i in idents], "s": [i[1] for i in idents],
                                                    "v": [i[2] for i in idents]})
@@ -292,7 +292,7 @@ class BatchWriter:
             return
         if self.conn.dialect.name == "postgresql":
             self.conn.exec_driver_sql(
-                f'DELETE FROM "{table.name}" d USING unnest(%(t)s::text[], %(i)s::text[]) AS w(t, i) '
+                f'DELETE FROM "{table.name}" d USING unnest(%(t)b::text[], %(i)b::text[]) AS w(t, i) '
                 "WHERE d.resource_type = w.t AND d.id = w.i", {"t": [k[0] for k in keys], "i": [k[1] for k in keys]})
             return
         self.conn.exec_driver_sql(f'DELETE FROM "{table.name}" WHERE resource_type = ? AND id = ?', keys)
