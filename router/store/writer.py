@@ -3,11 +3,12 @@
 Measured before this existed (one statement per row and table, PostgreSQL, 4-resource bundle):
 35 ms a bundle, 56 statements. The writer plans every bundle in memory against a snapshot it
 prefetches in two queries (identifiers of every business key, current rows of every candidate
-id), keeps an overlay of what earlier bundles of the batch changed, and flushes once: one upsert
-of current rows, one insert of history, identifier and index rows replaced per table.
+id), keeps an overlay of what earlier bundles of the batch changed, and flushes once: one insert of
+the resources first written in the batch and one upsert of the others, one insert of history,
+identifier and index rows replaced per table (inserts are binary COPYs on PostgreSQL, db.insert_tuples).
 
-A bundle is all-or-nothing: it is planned on a copy of the overlay that is merged only when the
-whole bundle planned without error. Errors at flush (a concurrent writer took an identifier)
+A bundle is all-or-nothing: what it changes in the overlay is logged and undone if any of its
+entries fails to plan. Errors at flush (a concurrent writer took an identifier)
 fail the whole batch; the caller's batch logic retries or isolates.
 """
 from __future__ import annotations
