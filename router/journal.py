@@ -139,7 +139,7 @@ def already_processed(conn: sa.Connection, keys: Iterable[tuple[str, str, str]])
     found: dict[tuple[str, str, str], str] = {}
     if conn.dialect.name == "postgresql":  # one short statement, whatever the batch size
         sql = ('SELECT k.route, k.sender, k.control_id, k.message_id FROM journal_processed_keys k '
-               'JOIN unnest(%(r)s::text[], %(s)s::text[], %(c)s::text[]) AS w(route, sender, control_id) '
+               'JOIN unnest(%(r)b::text[], %(s)b::text[], %(c)b::text[]) AS w(route, sender, control_id) '
                'USING (route, sender, control_id)')
         rows = conn.exec_driver_sql(sql, {"r": [k[0] for k in keys], "s": [k[1] for k in keys],
                                           "c": [k[2] for k in keys]})

@@ -14,6 +14,7 @@ redelivers the batch; the journal's processed keys make the replay an exact no-o
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Sequence
@@ -206,6 +207,12 @@ class Worker:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        # what the process built before its first batch (routes, compiled mappings, SQLAlchemy, pydantic)
+        # lives until exit: keep the cyclic collector from walking it again and again (a batch allocates
+        # tens of thousands of short-lived dicts, so collections are frequent): worker CPU per message
+        # 1.20 / 1.43 -> 0.96 / 1.20 ms draining ORU^R01 (benchmarks/worker_drain.py)
+        gc.collect()
+        gc.freeze()
         for r in self.routes:
             for i in range(r.config.route.concurrency):
                 t = threading.Thread(target=self._loop, args=(r,), name=f"worker-{r.name}-{i}", daemon=True)

@@ -7,6 +7,7 @@ creating another. СНИЛС values are normalised to 11 digits and their check 
 """
 from __future__ import annotations
 
+import functools
 import re
 from operator import mul
 from typing import Any
@@ -53,8 +54,11 @@ def normalize_enp(value: str) -> str:
     return digits
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical(system: str, value: str) -> tuple[str, str]:
-    """(system, value) in the store's canonical form; raises ValidationError for a bad СНИЛС/ЕНП."""
+    """(system, value) in the store's canonical form; raises ValidationError for a bad СНИЛС/ЕНП.
+    Cached: a batch canonicalises the same patient identifiers several times (prefetch, planning,
+    writing), and the СНИЛС check number each time."""
     if system == SNILS or system in SNILS_ALIASES:
         return SNILS, normalize_snils(value)
     if system == ENP or system in ENP_ALIASES:

@@ -101,18 +101,57 @@ def compartment(resource: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
-    """Replace every Reference.reference found in mapping (urn:uuid:..., Type/old -> Type/new)."""
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k == "reference" and isinstance(v, str) and v in mapping:
-                out[k] = mapping[v]
-            else:
-                out[k] = rewrite_references(v, mapping)
-        return out
-    if isinstance(value, list):
-        return [rewrite_references(v, mapping) for v in value]
+    """Replace every Reference.reference found in mapping (urn:uuid:..., Type/old -> Type/new).
+
+    Copy on write: the containers on the way to a replaced reference are new, everything else is
+    shared with `value` (which is left as it was). Rewriting every resource of every bundle was
+    6.5% of a worker's time as a deep copy."""
+    if not mapping:
+        return value
+    t = type(value)
+    if t is dict:
+        return _rewrite_dict(value, mapping)
+    if t is list:
+        return _rewrite_list(value, mapping)
     return value
+
+
+def _rewrite_dict(value: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    out = None
+    for k, v in value.items():
+        t = type(v)
+        if t is str:
+            if k != "reference" or v not in mapping:
+                continue
+            new: Any = mapping[v]
+        elif t is dict:
+            new = _rewrite_dict(v, mapping)
+        elif t is list:
+            new = _rewrite_list(v, mapping)
+        else:
+            continue
+        if new is not v:
+            if out is None:
+                out = dict(value)
+            out[k] = new
+    return value if out is None else out
+
+
+def _rewrite_list(value: list[Any], mapping: dict[str, str]) -> list[Any]:
+    out = None
+    for n, v in enumerate(value):
+        t = type(v)
+        if t is dict:
+            new = _rewrite_dict(v, mapping)
+        elif t is list:
+            new = _rewrite_list(v, mapping)
+        else:
+            continue
+        if new is not v:
+            if out is None:
+                out = list(value)
+            out[n] = new
+    return value if out is None else out
 
 
 class Store:
