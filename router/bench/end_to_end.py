@@ -68,7 +68,7 @@ def ours(broker_url: str, database_url: str, workers: int, seconds: float, warmu
          log: Callable[[str], None]) -> dict[str, Any]:
     ns = procs.namespace()
     with procs.workdir() as folder, procs.pg_schema(database_url, "bench_e2e") as pg:
-        routes_file = routes.write(folder)
+        routes_file = routes.write(folder, end_to_end=True)
         common = ["--routes", str(routes_file), "--broker-url", broker_url, "--database-url", pg,
                   "--namespace", ns, "--data-dir", str(folder / "var")]
         mllp, http = procs.free_port(), procs.free_port()
