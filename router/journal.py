@@ -88,17 +88,14 @@ def entry(envelope: Envelope, status: str, error: str | None = None, message_typ
     return Entry(envelope, status, time.time(), error, message_type, duplicate_of)
 
 
-def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
-    """Upsert message rows and append events, inside the caller's transaction."""
-    if not entries:
-        return
-    # one row per message id per statement (the last status wins within a batch)
+def _message_rows(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """One journal_messages row per message id (the highest status of the batch wins)."""
     latest: dict[str, Entry] = {}
     for e in entries:
         prev = latest.get(e.envelope.id)
         if prev is None or RANK[e.status] >= RANK[prev.status]:
             latest[e.envelope.id] = e
-    rows = [{
+    return [{
         "id": e.envelope.id, "route": e.envelope.route, "source": e.envelope.source[:128],
         "sender": e.envelope.sender[:256], "control_id": e.envelope.control_id[:128],
         "message_type": e.message_type[:64], "content_type": e.envelope.content_type[:128],
@@ -106,7 +103,12 @@ def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
         "received_at": e.envelope.received_at, "updated_at": e.at, "error": e.error, "duplicate_of": e.duplicate_of,
     } for e in latest.values()]
 
-    insert_rows(conn, messages, rows, conflict=_UPSERT)
+
+def record(conn: sa.Connection, entries: Sequence[Entry]) -> None:
+    """Upsert message rows and append events, inside the caller's transaction."""
+    if not entries:
+        return
+    insert_rows(conn, messages, _message_rows(entries), conflict=_UPSERT)
     insert_rows(conn, events, [{"message_id": e.envelope.id, "at": e.at, "status": e.status, "detail": e.error}
                                for e in entries])
 
@@ -219,17 +221,7 @@ def record_received(conn: sa.Connection, entries: Sequence[Entry]) -> None:
         return
     import orjson
 
-    latest: dict[str, Entry] = {}
-    for e in entries:
-        prev = latest.get(e.envelope.id)
-        if prev is None or RANK[e.status] >= RANK[prev.status]:
-            latest[e.envelope.id] = e
-    rows = [{"id": e.envelope.id, "route": e.envelope.route, "source": e.envelope.source[:128],
-             "sender": e.envelope.sender[:256], "control_id": e.envelope.control_id[:128],
-             "message_type": e.message_type[:64], "content_type": e.envelope.content_type[:128],
-             "status": e.status, "status_rank": RANK[e.status], "attempts": e.envelope.attempts,
-             "received_at": e.envelope.received_at, "updated_at": e.at, "error": e.error}
-            for e in latest.values()]
+    rows = _message_rows(entries)  # duplicate_of is not among the columns the statement reads
     conn.exec_driver_sql(_RECEIVED_MESSAGES_PG, {"rows": orjson.dumps(rows).decode()})
     conn.exec_driver_sql(_RECEIVED_EVENTS_PG, {"rows": orjson.dumps(
         [{"id": e.envelope.id, "at": e.at, "status": e.status, "detail": e.error} for e in entries]).decode()})
