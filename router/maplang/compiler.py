@@ -54,10 +54,12 @@ NAMESPACE = uuid.UUID("6f0d3a52-1c3b-5e7a-9d0e-2b8f3c4a5d6e")  # of the ids this
 _NS = NAMESPACE.bytes
 
 
-try:  # CPython's own SHA-1: no OpenSSL context per call (uuid5 is not a security use)
+try:  # the namespace hashed once; each id copies that state (OpenSSL's SHA-1, the fastest here)
+    _NS_SHA1 = hashlib.sha1(_NS, usedforsecurity=False)  # uuid5 is not a security use
+except ValueError:  # pragma: no cover - a build whose OpenSSL refuses SHA-1
     from _sha1 import sha1 as _sha1
-except ImportError:  # pragma: no cover - a build without it
-    _sha1 = hashlib.sha1
+
+    _NS_SHA1 = _sha1(_NS)
 # the first hex digit of the clock_seq byte with the RFC 4122 variant (binary 10xx) set
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
@@ -65,7 +67,9 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 def uuid5(name: str) -> str:
     """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects: the SHA-1 hex digest with
     the version digit (5) and the variant bits set in place."""
-    x = _sha1(_NS + name.encode()).hexdigest()
+    h = _NS_SHA1.copy()
+    h.update(name.encode())
+    x = h.hexdigest()
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
