@@ -138,6 +138,8 @@ class _Conv:
     const_args: dict[str, Any] = field(default_factory=dict)
     path_args: dict[str, Any] = field(default_factory=dict)
     table: dict[str, Any] | None = None
+    raw: Callable[..., Any] | None = None  # FunctionSpec.raw: what the generated code calls
+    order: tuple[str, ...] = ()  # the function's arguments, in raw's positional order
 
 
 @dataclass
@@ -428,7 +430,7 @@ class _Compiler:
             if name == "concept_map" and val not in self.concept_maps:
                 self.add((*fw, "args", name), f"no concept map named {val!r}",
                          did_you_mean(str(val), self.concept_maps) or "declare it under concept_maps")
-        conv = _Conv("fn", fn, const_args, path_args)
+        conv = _Conv("fn", fn, const_args, path_args, raw=spec.raw, order=tuple(spec.args))
         if not path_args:
             if const_args:
                 return (lambda v, scope, ctx: fn(v, ctx, **const_args)), conv
@@ -834,12 +836,18 @@ class _Hl7Codegen:
         if conv.kind == "map":
             e(ind, f"x = {self.k(conv.table)}.get({self.text(raw) if raw else 'str(v)'})")
             return
-        if raw:
-            e(ind, f"v = V({raw}, enc, {level})")
         kws = [(name, self.k(val)) for name, val in conv.const_args.items()]
         for j, (name, p) in enumerate(conv.path_args.items()):
             self.value_arg(ind, p, f"a{j}")
             kws.append((name, f"a{j}"))
+        if raw and conv.raw is not None:  # the encoded text as it is, the arguments positional
+            given = dict(kws)
+            last = max((conv.order.index(name) + 1 for name in given), default=0)
+            args = "".join(f", {given.get(name, 'None')}" for name in conv.order[:last])
+            e(ind, f"x = {self.k(conv.raw)}({raw}, enc, {level}, ctx{args})")
+            return
+        if raw:
+            e(ind, f"v = V({raw}, enc, {level})")
         if all(name.isidentifier() and not keyword.iskeyword(name) for name, _ in kws):
             args = "".join(f", {name}={val}" for name, val in kws)
         else:

@@ -156,11 +156,16 @@ def _plain(value: V | str | None) -> str:
 
 def _parts(v: V) -> list[str]:
     """Raw (still encoded) components of a field, or subcomponents of a component."""
-    if v.level == 0:
-        return v.raw.split(v.enc.component)
-    if v.level == 1:
-        return v.raw.split(v.enc.subcomponent)
-    return [v.raw]
+    return _split(v.raw, v.enc, v.level)
+
+
+def _split(raw: str, enc: Encoding, level: int) -> list[str]:
+    """_parts of the value `raw` at `level` (0 field, 1 component, 2 subcomponent)."""
+    if level == 0:
+        return raw.split(enc.component)
+    if level == 1:
+        return raw.split(enc.subcomponent)
+    return [raw]
 
 
 def _t(parts: list[str], n: int, enc: Encoding) -> str:
@@ -284,17 +289,22 @@ def _dtm_text(value: V | str | None) -> str:
     if value is None:
         return ""
     if isinstance(value, V):
-        raw = value.raw
-        if value.level == 0 and value.enc.component in raw:
-            raw = raw.split(value.enc.component, 1)[0]
-        elif value.level == 1 and value.enc.subcomponent in raw:
-            raw = raw.split(value.enc.subcomponent, 1)[0]
-        raw = raw.strip()
-        return "" if raw == '""' else raw
+        return _dtm_raw(value.raw, value.enc, value.level)
     text = str(value).strip()
     if "^" in text:
         text = text.split("^", 1)[0]
     return "" if text == '""' else text
+
+
+def _dtm_raw(raw: str, enc: Encoding, level: int) -> str:
+    """_dtm_text of the encoded value `raw` at `level`."""
+    if level == 0:
+        if enc.component in raw:
+            raw = raw.split(enc.component, 1)[0]
+    elif level == 1 and enc.subcomponent in raw:
+        raw = raw.split(enc.subcomponent, 1)[0]
+    raw = raw.strip()
+    return "" if raw == '""' else raw
 
 
 def _to_datetime(text: str, ctx: FnContext, what: str) -> str:
@@ -333,6 +343,11 @@ def date(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     return _to_datetime(text, ctx, "date")[:10]
 
 
+def _date_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    text = _dtm_raw(raw, enc, level)
+    return _to_datetime(text, ctx, "date")[:10] if text else None
+
+
 def datetime(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     """HL7 DT/DTM/TS -> FHIR ``dateTime``, keeping the precision given.
 
@@ -346,13 +361,25 @@ def datetime(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     return _to_datetime(text, ctx, "datetime")
 
 
+def _datetime_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    text = _dtm_raw(raw, enc, level)
+    return _to_datetime(text, ctx, "datetime") if text else None
+
+
 def instant(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     """HL7 DTM/TS -> FHIR ``instant`` (needs at least the hour; minutes/seconds padded with 00).
 
     Example: ``MSH-7 "202308220211"`` -> ``"2023-08-22T02:11:00+03:00"``; a date without a time
     (``"20230822"``) raises MappingError.
     """
-    text = _dtm_text(value)
+    return _instant(_dtm_text(value), ctx)
+
+
+def _instant_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    return _instant(_dtm_raw(raw, enc, level), ctx)
+
+
+def _instant(text: str, ctx: FnContext) -> str | None:
     if not text:
         return None
     out = _to_datetime(text, ctx, "instant")
@@ -601,20 +628,20 @@ def _parse_cwe(v: V, cs: CodeSystems) -> _Cwe:
     return tuple(codings), text, tuple(warnings), tuple(_coding_dict(c) for c in codings)
 
 
-def _cwe(v: V, cs: CodeSystems) -> _Cwe:
-    enc = v.enc
-    key = (v.raw, v.level, enc.component + enc.subcomponent + enc.escape, cs)
+def _cwe(raw: str, enc: Encoding, level: int, cs: CodeSystems) -> _Cwe:
+    key = (raw, level, enc.component + enc.subcomponent + enc.escape, cs)
     hit = _CWE_CACHE.get(key)
     if hit is None:
-        hit = _parse_cwe(v, cs)
+        hit = _parse_cwe(V(raw, enc, level), cs)
         if len(_CWE_CACHE) >= _CACHE_MAX:
             _CWE_CACHE.clear()
         _CWE_CACHE[key] = hit
     return hit
 
 
-def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = False) -> dict[str, Any] | None:
-    codings_t, text, warnings, dicts = _cwe(v, ctx.codesystems)
+def _codeable(raw: str, enc: Encoding, level: int, ctx: FnContext, concept_map: str | None,
+              private: bool = False) -> dict[str, Any] | None:
+    codings_t, text, warnings, dicts = _cwe(raw, enc, level, ctx.codesystems)
     for w in warnings:
         _warn(ctx, w)
     if not codings_t:
@@ -696,7 +723,14 @@ def codeable_concept(value: V | str | None, ctx: FnContext, *, concept_map: str 
     v = _v(value)
     if v is None:
         return None
-    return _codeable(v, ctx, concept_map)
+    return _codeable(v.raw, v.enc, v.level, ctx, concept_map)
+
+
+def _codeable_concept_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                          concept_map: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    return _codeable(raw, enc, level, ctx, concept_map)
 
 
 def coding(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, str] | None:
@@ -844,7 +878,14 @@ def gender(value: V | str | None, ctx: FnContext, *, default: str | None = None,
     F female, M male, O/A/N other, U unknown; also accepted: Female/Male and Russian Ж/М (Cyrillic).
     Example: ``"F"`` -> ``"female"``. Other codes: ``default`` when given, else ctx.unmapped policy.
     """
-    text = _first(value)
+    return _gender(_first(value), ctx, default)
+
+
+def _gender_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, default: str | None = None) -> str | None:
+    return _gender(_first_raw(raw, enc, level), ctx, default)
+
+
+def _gender(text: str, ctx: FnContext, default: str | None) -> str | None:
     if not text:
         return None
     hit = SEX_0001.get(text) or SEX_ALIASES.get(text.upper())
@@ -864,6 +905,16 @@ def observation_status(value: V | str | None, ctx: FnContext, *, default: str | 
         if text else None
 
 
+def _observation_status_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                            default: str | None = None) -> str | None:
+    text = _first_raw(raw, enc, level)
+    hit = OBSERVATION_STATUS_0085.get(text)  # the usual case: a code of the table as it stands
+    if hit is not None:
+        return hit
+    return _table(ctx, OBSERVATION_STATUS_0085, text, "observation_status (HL7 table 0085)", default) \
+        if text else None
+
+
 def report_status(value: V | str | None, ctx: FnContext, *, default: str | None = None,
                   **_: Any) -> str | None:
     """HL7 table 0123 (OBR-25) -> FHIR ``DiagnosticReport.status``.
@@ -872,7 +923,15 @@ def report_status(value: V | str | None, ctx: FnContext, *, default: str | None 
     order", "no such patient") always raise MappingError, as the table says. A M N have no target:
     ``default`` when given, else ctx.unmapped policy. Example: ``"F"`` -> ``"final"``.
     """
-    text = _first(value)
+    return _report_status(_first(value), ctx, default)
+
+
+def _report_status_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                       default: str | None = None) -> str | None:
+    return _report_status(_first_raw(raw, enc, level), ctx, default)
+
+
+def _report_status(text: str, ctx: FnContext, default: str | None) -> str | None:
     if not text:
         return None
     if text.upper() in REPORT_STATUS_ERRORS:
@@ -889,7 +948,15 @@ def interpretation(value: V | str | None, ctx: FnContext, *, default: str | None
     "display": "High"}]}``. Codes without a target (AC HM OBX QCF TOX, local codes): ``default``
     (a 0078 code) when given, else ctx.unmapped policy.
     """
-    text = _first(value)
+    return _interpretation(_first(value), ctx, default)
+
+
+def _interpretation_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                        default: str | None = None) -> dict[str, Any] | None:
+    return _interpretation(_first_raw(raw, enc, level), ctx, default)
+
+
+def _interpretation(text: str, ctx: FnContext, default: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     display = INTERPRETATION_0078.get(text) or INTERPRETATION_0078.get(text.upper())
@@ -908,18 +975,23 @@ def _first(value: V | str | None) -> str:
     if value is None:
         return ""
     if isinstance(value, V):
-        raw = value.raw
-        if not raw or raw == '""':
-            return ""
-        if value.level == 0 and value.enc.component in raw:
-            raw = raw.split(value.enc.component, 1)[0]
-        elif value.level == 1 and value.enc.subcomponent in raw:
-            raw = raw.split(value.enc.subcomponent, 1)[0]
-        if value.enc.escape in raw:
-            raw = unescape(raw, value.enc)
-        return raw.strip()
+        return _first_raw(value.raw, value.enc, value.level)
     text = str(value)
     return "" if text == '""' else text.split("^", 1)[0].strip()
+
+
+def _first_raw(raw: str, enc: Encoding, level: int) -> str:
+    """_first of the encoded value `raw` at `level`."""
+    if not raw or raw == '""':
+        return ""
+    if level == 0:
+        if enc.component in raw:
+            raw = raw.split(enc.component, 1)[0]
+    elif level == 1 and enc.subcomponent in raw:
+        raw = raw.split(enc.subcomponent, 1)[0]
+    if enc.escape in raw:
+        raw = unescape(raw, enc)
+    return raw.strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,8 +1009,13 @@ def human_name(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _human_name_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _human_name_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     n = len(parts)
     out: dict[str, Any] = {}
     if n >= 7:
@@ -947,7 +1024,7 @@ def human_name(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any
             hit = NAME_USE_0200.get(use) or NAME_USE_0200.get(use.upper())
             if hit:
                 out["use"] = hit
-    fam = _sub(parts, 1, enc) if v.level == 0 else parts[:1]
+    fam = _sub(parts, 1, enc) if level == 0 else parts[:1]
     family = _t(fam, 1, enc).strip() if fam else ""
     if family:
         out["family"] = family
@@ -1069,8 +1146,14 @@ def identifier(value: V | str | None, ctx: FnContext, *, system: str | None = No
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _identifier_raw(v.raw, v.enc, v.level, ctx, system, type, use)
+
+
+def _identifier_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                    type: str | None = None, use: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     val = _t(parts, 1, enc).strip()
     if not val:
         return None
@@ -1108,8 +1191,14 @@ def identifier_ei(value: V | str | None, ctx: FnContext, *, system: str | None =
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _identifier_ei_raw(v.raw, v.enc, v.level, ctx, system, type, use)
+
+
+def _identifier_ei_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                       type: str | None = None, use: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     val = _t(parts, 1, enc).strip()
     if not val:
         return None
@@ -1130,6 +1219,11 @@ def placer_identifier(value: V | str | None, ctx: FnContext, *, system: str | No
     return identifier_ei(value, ctx, system=system, type="PLAC", use=use)
 
 
+def _placer_identifier_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                           use: str | None = None) -> dict[str, Any] | None:
+    return _identifier_ei_raw(raw, enc, level, ctx, system, "PLAC", use)
+
+
 def filler_identifier(value: V | str | None, ctx: FnContext, *, system: str | None = None,
                       use: str | None = None, **_: Any) -> dict[str, Any] | None:
     """HL7 EI filler order number (ORC-3 / OBR-3) -> FHIR ``Identifier`` typed FILL (v2-0203);
@@ -1137,6 +1231,11 @@ def filler_identifier(value: V | str | None, ctx: FnContext, *, system: str | No
     ``{"type": {...FILL...}, "system": "urn:oid:1.2.643.5.1.13.13.12.1.77.1", "value": "R-778"}``.
     """
     return identifier_ei(value, ctx, system=system, type="FILL", use=use)
+
+
+def _filler_identifier_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                           use: str | None = None) -> dict[str, Any] | None:
+    return _identifier_ei_raw(raw, enc, level, ctx, system, "FILL", use)
 
 
 def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] | None:
@@ -1152,8 +1251,13 @@ def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] |
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _address_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _address_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     n = len(parts)
     out: dict[str, Any] = {}
     kind = _t(parts, 7, enc).strip() if n >= 7 else ""
@@ -1162,7 +1266,7 @@ def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] |
             out["use"] = ADDRESS_USE_0190[kind]
         elif kind in ADDRESS_TYPE_0190:
             out["type"] = ADDRESS_TYPE_0190[kind]
-    sad = _sub(parts, 1, enc) if v.level == 0 else parts[:1]
+    sad = _sub(parts, 1, enc) if level == 0 else parts[:1]
     lines = [s for s in (_t(sad, 1, enc).strip(), _t(sad, 2, enc).strip(), _t(sad, 3, enc).strip()) if s]
     for i in (2, 19):
         s = _t(parts, i, enc).strip()
@@ -1213,8 +1317,13 @@ def contact_point(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, 
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _contact_point_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _contact_point_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     n = len(parts)
     equip = _t(parts, 3, enc).strip()
     email_addr = _t(parts, 4, enc).strip()
@@ -1471,12 +1580,17 @@ def _sn(v: V, ctx: FnContext, units: V | str | None) -> dict[str, Any]:
 
 
 def _ft_text(v: V) -> str:
-    e = v.enc.escape
-    raw = v.raw
+    return _ft_raw(v.raw, v.enc)
+
+
+def _ft_raw(raw: str, enc: Encoding) -> str:
+    e = enc.escape
+    if e not in raw:
+        return raw
     sp = f"{e}.sp{e}"
     if sp in raw:
         raw = raw.replace(sp, f"{e}.br{e}")
-    return unescape(raw, v.enc) if e in raw else raw
+    return unescape(raw, enc)
 
 
 def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = None,
@@ -1497,9 +1611,16 @@ def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = N
     v = _v(value)
     if v is None:
         return None
+    return _obx_value_raw(v.raw, v.enc, v.level, ctx, type, units, concept_map)
+
+
+def _obx_value_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, type: V | str | None = None,  # noqa: A002
+                   units: V | str | None = None, concept_map: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
     t = _first(type).upper()
     if t == "NM":
-        text = _plain(v).strip()
+        text = (unescape(raw, enc) if enc.escape in raw else raw).strip()
         if not text:
             return None
         num = _try_number(text)
@@ -1515,6 +1636,7 @@ def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = N
         if units is not None:
             q.update(_unit_fields(units, ctx))
         return {"valueQuantity": q}
+    v = V(raw, enc, level)
     if t == "SN":
         return _sn(v, ctx, units)
     if t in ("ST", "TX"):
@@ -1524,7 +1646,7 @@ def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = N
         text = _ft_text(v)
         return {"valueString": text} if text.strip() else None
     if t in ("CWE", "CE", "CNE", "CF"):
-        cc = _codeable(v, ctx, concept_map, private=True)  # a result: warnings do not name it
+        cc = _codeable(v.raw, v.enc, v.level, ctx, concept_map, private=True)  # a result: warnings do not name it
         return {"valueCodeableConcept": cc} if cc else None
     if t in ("IS", "ID"):
         c = _first(v)
@@ -1563,7 +1685,14 @@ def annotation(value: V | str | None, ctx: FnContext, *, time: V | str | None = 
     v = _v(value)
     if v is None:
         return None
-    text = _ft_text(v).strip()
+    return _annotation_raw(v.raw, v.enc, v.level, ctx, time)
+
+
+def _annotation_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                    time: V | str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    text = _ft_raw(raw, enc).strip()
     if not text:
         return None
     out: dict[str, Any] = {"text": text}
@@ -1617,7 +1746,17 @@ def reference_range(value: V | str | None, ctx: FnContext, *, units: V | str | N
     "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}, "high":
     {...5.5...}, "text": "3.5-5.5"}``.
     """
-    text = _plain(value).strip()
+    return _reference_range(_plain(value).strip(), ctx, units)
+
+
+def _reference_range_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                         units: V | str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    return _reference_range((unescape(raw, enc) if enc.escape in raw else raw).strip(), ctx, units)
+
+
+def _reference_range(text: str, ctx: FnContext, units: V | str | None) -> dict[str, Any] | None:
     if not text:
         return None
     lo, hi = _parse_range(text)
@@ -1660,6 +1799,10 @@ class FunctionSpec:
     returns: str
     doc: str
     args: Mapping[str, Arg] = field(default_factory=dict)
+    #: the same conversion for generated code: ``raw(text, enc, level, ctx, *args)`` with ``text``
+    #: the encoded value at ``level`` (0 field, 1 component, 2 subcomponent) and the arguments
+    #: positional, in the order of ``args`` (all optional, None when not given); None: call ``fn``
+    raw: Fn | None = None
 
     @property
     def summary(self) -> str:
@@ -1702,41 +1845,46 @@ _ID_ARGS = {
 }
 
 
-def _spec(fn: Fn, returns: str, args: Mapping[str, Arg] | None = None, name: str | None = None) -> FunctionSpec:
-    return FunctionSpec(name or fn.__name__, fn, returns, fn.__doc__ or "", MappingProxyType(dict(args or {})))
+def _spec(fn: Fn, returns: str, args: Mapping[str, Arg] | None = None, name: str | None = None,
+          raw: Fn | None = None) -> FunctionSpec:
+    return FunctionSpec(name or fn.__name__, fn, returns, fn.__doc__ or "", MappingProxyType(dict(args or {})), raw)
 
 
 FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType({s.name: s for s in (
-    _spec(date, "date"),
-    _spec(datetime, "dateTime"),
-    _spec(instant, "instant"),
+    _spec(date, "date", raw=_date_raw),
+    _spec(datetime, "dateTime", raw=_datetime_raw),
+    _spec(instant, "instant", raw=_instant_raw),
     _spec(time, "time"),
     _spec(period, "Period"),
     _spec(codeable_concept, "CodeableConcept", {
-        "concept_map": Arg("str", "name of a concept map; its target coding is appended")}),
+        "concept_map": Arg("str", "name of a concept map; its target coding is appended")}, raw=_codeable_concept_raw),
     _spec(coding, "Coding"),
     _spec(code, "code"),
-    _spec(human_name, "HumanName"),
-    _spec(identifier, "Identifier", _ID_ARGS),
-    _spec(identifier_ei, "Identifier", _ID_ARGS),
-    _spec(placer_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"}),
-    _spec(filler_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"}),
-    _spec(address, "Address"),
-    _spec(contact_point, "ContactPoint"),
+    _spec(human_name, "HumanName", raw=_human_name_raw),
+    _spec(identifier, "Identifier", _ID_ARGS, raw=_identifier_raw),
+    _spec(identifier_ei, "Identifier", _ID_ARGS, raw=_identifier_ei_raw),
+    _spec(placer_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"},
+          raw=_placer_identifier_raw),
+    _spec(filler_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"},
+          raw=_filler_identifier_raw),
+    _spec(address, "Address", raw=_address_raw),
+    _spec(contact_point, "ContactPoint", raw=_contact_point_raw),
     _spec(quantity, "Quantity", {"unit": Arg("value", "units: a CWE (e.g. OBX-6) or a unit string")}),
     _spec(obx_value, "value[x] (dict to merge)", {
         "type": Arg("value", "the value type, OBX-2", required=True),
         "units": Arg("value", "the units, OBX-6"),
-        "concept_map": Arg("str", "concept map applied to coded values")}),
+        "concept_map": Arg("str", "concept map applied to coded values")}, raw=_obx_value_raw),
     _spec(reference_range, "Observation.referenceRange", {
-        "units": Arg("value", "units for low/high, usually OBX-6")}),
-    _spec(annotation, "Annotation", {"time": Arg("value", "when the note was made, e.g. NTE-6")}),
+        "units": Arg("value", "units for low/high, usually OBX-6")}, raw=_reference_range_raw),
+    _spec(annotation, "Annotation", {"time": Arg("value", "when the note was made, e.g. NTE-6")}, raw=_annotation_raw),
     _spec(interpretation, "CodeableConcept", {
-        "default": Arg("str", "table 0078 code used when the code has no target")}),
-    _spec(observation_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_OBS_STATUS)}),
-    _spec(report_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_REPORT_STATUS)}),
+        "default": Arg("str", "table 0078 code used when the code has no target")}, raw=_interpretation_raw),
+    _spec(observation_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_OBS_STATUS)},
+          raw=_observation_status_raw),
+    _spec(report_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_REPORT_STATUS)},
+          raw=_report_status_raw),
     _spec(gender, "code", {"default": Arg("str", _STATUS_DEFAULT.doc,
-                                          choices=("male", "female", "other", "unknown"))}),
+                                          choices=("male", "female", "other", "unknown"))}, raw=_gender_raw),
     _spec(decimal, "decimal"),
     _spec(integer, "integer"),
     _spec(string, "string", {"strip": Arg("bool", "strip surrounding blanks (default true)")}),
