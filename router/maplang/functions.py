@@ -178,6 +178,16 @@ def _t(parts: list[str], n: int, enc: Encoding) -> str:
     return unescape(s, enc) if enc.escape in s else s
 
 
+def _texts(parts: list[str], enc: Encoding, n: int) -> list[str]:
+    """[_t(parts, i, enc).strip() for i in 1..n] in one pass, so part i is at index i - 1 ('' past
+    the end): the stripped text of every part, for functions that read most of them."""
+    e = enc.escape
+    out = [("" if s == '""' else unescape(s, enc).strip() if e in s else s.strip()) for s in parts]
+    if len(out) < n:
+        out += [""] * (n - len(out))
+    return out
+
+
 def _sub(parts: list[str], n: int, enc: Encoding) -> list[str]:
     """Raw subcomponents of component n of a field."""
     if n > len(parts) or not parts[n - 1]:
@@ -1259,8 +1269,9 @@ def _address_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[st
         return None
     parts = _split(raw, enc, level)
     n = len(parts)
+    t = _texts(parts, enc, 19)  # component i at t[i - 1]
     out: dict[str, Any] = {}
-    kind = _t(parts, 7, enc).strip() if n >= 7 else ""
+    kind = t[6]
     if kind:
         if kind in ADDRESS_USE_0190:
             out["use"] = ADDRESS_USE_0190[kind]
@@ -1268,10 +1279,10 @@ def _address_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[st
             out["type"] = ADDRESS_TYPE_0190[kind]
     sad = _sub(parts, 1, enc) if level == 0 else parts[:1]
     lines = [s for s in (_t(sad, 1, enc).strip(), _t(sad, 2, enc).strip(), _t(sad, 3, enc).strip()) if s]
-    for i in (2, 19):
-        s = _t(parts, i, enc).strip()
-        if s:
-            lines.append(s)
+    if t[1]:
+        lines.append(t[1])
+    if t[18]:
+        lines.append(t[18])
     if lines:
         out["line"] = lines
     for i, key in ((3, "city"), (9, "district"), (4, "state"), (5, "postalCode"), (6, "country")):
@@ -1280,7 +1291,7 @@ def _address_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[st
             # CWE[string]: 9, else 2; else 1 (before v2.7 XAD.9 was an IS code, now CWE.1)
             s = (_t(cwe, 9, enc) or _t(cwe, 2, enc) or _t(cwe, 1, enc)).strip() if cwe else ""
         else:
-            s = _t(parts, i, enc).strip()
+            s = t[i - 1]
         if s:
             out[key] = s
     if n >= 12:
@@ -1290,9 +1301,12 @@ def _address_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[st
             per = _period(_t(parts, 13, enc), _t(parts, 14, enc), ctx, "address period")
         if per:
             out["period"] = per
-    if not ({"line", "city", "district", "state", "postalCode", "country"} & out.keys()):
+    if out.keys().isdisjoint(_ADDRESS_PARTS):
         return None
     return out
+
+
+_ADDRESS_PARTS = frozenset({"line", "city", "district", "state", "postalCode", "country"})
 
 
 _XTN_EXT = (
@@ -1325,9 +1339,8 @@ def _contact_point_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> d
         return None
     parts = _split(raw, enc, level)
     n = len(parts)
-    equip = _t(parts, 3, enc).strip()
-    email_addr = _t(parts, 4, enc).strip()
-    use_code = _t(parts, 2, enc).strip()
+    t = _texts(parts, enc, 18)  # component i at t[i - 1]
+    equip, email_addr, use_code = t[2], t[3], t[1]
     system = TELECOM_SYSTEM_0202.get(equip) if equip else None
     if system is None and equip:
         system = TELECOM_SYSTEM_0202.get(equip.upper()) or ("email" if equip.upper() in ("INTERNET", "X.400")
@@ -1340,18 +1353,18 @@ def _contact_point_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> d
     out: dict[str, Any] = {}
     ext: list[dict[str, str]] = []
     if is_email:
-        val = email_addr or _t(parts, 1, enc).strip()
+        val = email_addr or t[0]
     else:
-        nums = {i: _t(parts, i, enc).strip() for i in (5, 6, 7, 8)} if n >= 5 else {}
-        for i, url in _XTN_EXT:
-            if nums.get(i):
-                ext.append({"url": url, "valueString": nums[i]})
-        val = _t(parts, 12, enc).strip() if n >= 12 else ""
-        if not val and nums.get(7):
-            pieces = ([f"+{nums[5]}"] if nums[5] else []) + ([nums[6]] if nums[6] else []) + [nums[7]]
-            val = " ".join(pieces) + (f" X{nums[8]}" if nums[8] else "")
+        for i, url in _XTN_EXT:  # (5-8: '' when absent)
+            if t[i - 1]:
+                ext.append({"url": url, "valueString": t[i - 1]})
+        country, area, local, ext_no = t[4], t[5], t[6], t[7]
+        val = t[11]
+        if not val and local:
+            pieces = ([f"+{country}"] if country else []) + ([area] if area else []) + [local]
+            val = " ".join(pieces) + (f" X{ext_no}" if ext_no else "")
         if not val:
-            val = _t(parts, 1, enc).strip()
+            val = t[0]
     if not val and not ext:
         return None
     if ext:
@@ -1366,7 +1379,7 @@ def _contact_point_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> d
     if use:
         out["use"] = use
     if n >= 13:
-        rank = _t(parts, 18, enc).strip()
+        rank = t[17]
         if rank:
             r = _try_number(rank)
             if isinstance(r, int) and r > 0:
@@ -1470,23 +1483,25 @@ RUSSIAN_UNITS = MappingProxyType({
 })
 
 
-_UNITS_CACHE: dict[tuple[str, int, str, CodeSystems], tuple[tuple[str, str], ...]] = {}
+_UNITS_CACHE: dict[tuple[str, int, str, CodeSystems], dict[str, str]] = {}
+_NO_UNITS: dict[str, str] = {}
 
 
 def _unit_fields(units: V | str | None, ctx: FnContext) -> dict[str, str]:
-    """Quantity.unit/system/code from a units CWE (CWE[Quantity]) or a unit string."""
+    """Quantity.unit/system/code from a units CWE (CWE[Quantity]) or a unit string. READ-ONLY: the
+    dict is the memo's own (callers copy its items into the elements they build, never change it)."""
     u = _v(units)
     if u is None:
-        return {}
+        return _NO_UNITS
     enc, cs = u.enc, ctx.codesystems
     key = (u.raw, u.level, enc.component + enc.subcomponent + enc.escape, cs)
     hit = _UNITS_CACHE.get(key)
     if hit is None:
-        hit = _parse_units(u, cs)
+        hit = dict(_parse_units(u, cs))
         if len(_UNITS_CACHE) >= _CACHE_MAX:
             _UNITS_CACHE.clear()
         _UNITS_CACHE[key] = hit
-    return dict(hit)
+    return hit
 
 
 def _parse_units(u: V, cs: CodeSystems) -> tuple[tuple[str, str], ...]:
@@ -1546,7 +1561,7 @@ def _sn(v: V, ctx: FnContext, units: V | str | None) -> dict[str, Any]:
     num1 = _t(parts, 2, enc).strip()
     sep = _t(parts, 3, enc).strip()
     num2 = _t(parts, 4, enc).strip()
-    unit_fields = _unit_fields(units, ctx) if units is not None else {}
+    unit_fields = _unit_fields(units, ctx) if units is not None else _NO_UNITS
     comp_ok = not comp or comp == "=" or comp in _COMPARATORS
     n1 = _try_number(num1) if num1 and comp_ok else None
     if n1 is not None:
@@ -1646,7 +1661,7 @@ def _obx_value_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, type: V 
         text = _ft_text(v)
         return {"valueString": text} if text.strip() else None
     if t in ("CWE", "CE", "CNE", "CF"):
-        cc = _codeable(v.raw, v.enc, v.level, ctx, concept_map, private=True)  # a result: warnings do not name it
+        cc = _codeable(raw, enc, level, ctx, concept_map, private=True)  # a result: warnings do not name it
         return {"valueCodeableConcept": cc} if cc else None
     if t in ("IS", "ID"):
         c = _first(v)
@@ -1762,7 +1777,7 @@ def _reference_range(text: str, ctx: FnContext, units: V | str | None) -> dict[s
     lo, hi = _parse_range(text)
     out: dict[str, Any] = {}
     if lo is not None or hi is not None:
-        uf = _unit_fields(units, ctx) if units is not None else {}
+        uf = _unit_fields(units, ctx) if units is not None else _NO_UNITS
         if lo is not None:
             out["low"] = {"value": lo, **uf}
         if hi is not None:
@@ -1857,7 +1872,8 @@ FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType({s.name: s for s in (
     _spec(time, "time"),
     _spec(period, "Period"),
     _spec(codeable_concept, "CodeableConcept", {
-        "concept_map": Arg("str", "name of a concept map; its target coding is appended")}, raw=_codeable_concept_raw),
+        "concept_map": Arg("str", "name of a concept map; its target coding is appended")},
+          raw=_codeable_concept_raw),
     _spec(coding, "Coding"),
     _spec(code, "code"),
     _spec(human_name, "HumanName", raw=_human_name_raw),
@@ -1876,7 +1892,8 @@ FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType({s.name: s for s in (
         "concept_map": Arg("str", "concept map applied to coded values")}, raw=_obx_value_raw),
     _spec(reference_range, "Observation.referenceRange", {
         "units": Arg("value", "units for low/high, usually OBX-6")}, raw=_reference_range_raw),
-    _spec(annotation, "Annotation", {"time": Arg("value", "when the note was made, e.g. NTE-6")}, raw=_annotation_raw),
+    _spec(annotation, "Annotation", {"time": Arg("value", "when the note was made, e.g. NTE-6")},
+          raw=_annotation_raw),
     _spec(interpretation, "CodeableConcept", {
         "default": Arg("str", "table 0078 code used when the code has no target")}, raw=_interpretation_raw),
     _spec(observation_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_OBS_STATUS)},
