@@ -899,8 +899,9 @@ class _Hl7Codegen:
             value(text)
         return expr(node)
 
-    def assign(self, ind: int, f: _Field, x: str, many: bool) -> None:
-        """_assign(res, f, values): values is [x] (many False) or the non-empty list x."""
+    def assign(self, ind: int, f: _Field, x: str, many: bool, flat: bool = False) -> None:
+        """_assign(res, f, values): values is [x] (many False) or the non-empty list x; flat: no
+        value is a list (references, and functions with a raw variant), so none is spread."""
         e = self.emit
         if len(f.parts) != 1 or f.parts[0][1] is not None:  # nested or indexed target
             e(ind, f"_assign(res, {self.k(f)}, {x if many else f'[{x}]'})")
@@ -910,6 +911,8 @@ class _Hl7Codegen:
             first = f"{x}[0]" if many else x
             e(ind, f"if isinstance({first}, dict):")
             e(ind + 1, f"res.update({first})")
+        elif f.is_list and flat:
+            e(ind, f"res.setdefault({name}, []).{'extend' if many else 'append'}({x})")
         elif f.is_list:
             if many:
                 e(ind, f"_l = res.setdefault({name}, [])")
@@ -957,21 +960,22 @@ class _Hl7Codegen:
                 e(ind, f"x = M{j}.get(sc.levels[{len(target) - 1}].start)")
                 e(ind, "if x is not None:")
                 e(ind + 1, 'x = {"reference": x}')
-                self.assign(ind + 1, f, "x", False)
+                self.assign(ind + 1, f, "x", False, flat=True)
             elif src.kind == "ref":
                 e(ind, f'x = {{"reference": R{j}}} if R{j} is not None else _ref(I{j}, sc)')
                 e(ind, "if x:")
-                self.assign(ind + 1, f, "x", False)
+                self.assign(ind + 1, f, "x", False, flat=True)
             else:
                 e(ind, f"xs = _refs(I{j}, sc)")
                 e(ind, "if xs:")
-                self.assign(ind + 1, f, "xs", True)
+                self.assign(ind + 1, f, "xs", True, flat=True)
             if src.required:
                 e(ind, "else:")
                 e(ind + 1, f"raise MappingError({self.k(src.message)})")
             return
         conv = src.conv
         assert conv is not None
+        flat = conv.raw is not None  # (FunctionSpec.raw: its function never returns a list)
 
         if all(_single(p) for p in src.paths):  # at most one value: no list
             def one(j: int, raw: str | None, level: int) -> None:
@@ -988,10 +992,10 @@ class _Hl7Codegen:
                     e(ind + 1, f"x = {self.k(src.default)}")
                 else:
                     e(ind + 1, f"raise MappingError({self.k(src.message)})")
-                self.assign(ind, f, "x", False)
+                self.assign(ind, f, "x", False, flat)
                 return
             e(ind, "if x is not None:")
-            self.assign(ind + 1, f, "x", False)
+            self.assign(ind + 1, f, "x", False, flat)
             return
 
         def add(j: int, raw: str | None, level: int) -> None:
@@ -1011,7 +1015,7 @@ class _Hl7Codegen:
             e(ind, "if not xs:")
             e(ind + 1, f"raise MappingError({self.k(src.message)})")
         e(ind, "if xs:")
-        self.assign(ind + 1, f, "xs", True)
+        self.assign(ind + 1, f, "xs", True, flat)
 
     def compile(self) -> None:
         rule = self.rule

@@ -1816,7 +1816,8 @@ class FunctionSpec:
     args: Mapping[str, Arg] = field(default_factory=dict)
     #: the same conversion for generated code: ``raw(text, enc, level, ctx, *args)`` with ``text``
     #: the encoded value at ``level`` (0 field, 1 component, 2 subcomponent) and the arguments
-    #: positional, in the order of ``args`` (all optional, None when not given); None: call ``fn``
+    #: positional, in the order of ``args`` (all optional, None when not given); None: call ``fn``.
+    #: A function with a raw variant never returns a list (generated code relies on it)
     raw: Fn | None = None
 
     @property
