@@ -154,6 +154,13 @@ def _plain(value: V | str | None) -> str:
     return str(value)
 
 
+def _plain_raw(raw: str, enc: Encoding) -> str:
+    """_plain of a V with this encoded text."""
+    if not raw or raw == '""':
+        return ""
+    return unescape(raw, enc) if enc.escape in raw else raw
+
+
 def _parts(v: V) -> list[str]:
     """Raw (still encoded) components of a field, or subcomponents of a component."""
     return _split(v.raw, v.enc, v.level)
@@ -493,7 +500,14 @@ def decimal(value: V | str | None, ctx: FnContext, **_: Any) -> int | float | No
 
 def integer(value: V | str | None, ctx: FnContext, **_: Any) -> int | None:
     """HL7 NM/SI -> FHIR ``integer`` (32-bit signed). Example: ``"3"`` -> ``3``; ``"2.5"`` raises."""
-    text = _plain(value).strip()
+    return _integer(_plain(value).strip())
+
+
+def _integer_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> int | None:
+    return _integer(_plain_raw(raw, enc).strip())
+
+
+def _integer(text: str) -> int | None:
     if not text:
         return None
     if _INT.fullmatch(text) is None:
@@ -515,13 +529,27 @@ def string(value: V | str | None, ctx: FnContext, *, strip: bool = True, **_: An
     return text or None
 
 
+def _string_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, strip: bool | None = None) -> str | None:
+    text = _plain_raw(raw, enc)
+    if strip is None or strip:  # (not given: strip)
+        text = text.strip()
+    return text or None
+
+
 _BOOL = MappingProxyType({"Y": True, "N": False})
 
 
 def boolean(value: V | str | None, ctx: FnContext, **_: Any) -> bool | None:
     """HL7 ID from table 0136 (Y/N, or a CWE with it in component 1) -> FHIR ``boolean``.
     Example: ``"Y"`` -> ``true``; ``"N^No^HL70136"`` -> ``false``."""
-    text = _first(value)
+    return _boolean(_first(value), ctx)
+
+
+def _boolean_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> bool | None:
+    return _boolean(_first_raw(raw, enc, level), ctx)
+
+
+def _boolean(text: str, ctx: FnContext) -> bool | None:
     if not text:
         return None
     hit = _BOOL.get(text) if text in _BOOL else _BOOL.get(text.upper())
@@ -543,8 +571,13 @@ def uri(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     v = _v(value)
     if v is None:
         return None
-    parts = _parts(v)
-    enc = v.enc
+    return _uri_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _uri_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     if len(parts) > 1:
         ns, uid, utype = _t(parts, 1, enc).strip(), _t(parts, 2, enc).strip(), _t(parts, 3, enc).strip()
         hit = ctx.codesystems.configured(ns) if ns else None
@@ -1904,10 +1937,10 @@ FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType({s.name: s for s in (
     _spec(gender, "code", {"default": Arg("str", _STATUS_DEFAULT.doc,
                                           choices=("male", "female", "other", "unknown"))}, raw=_gender_raw),
     _spec(decimal, "decimal"),
-    _spec(integer, "integer"),
-    _spec(string, "string", {"strip": Arg("bool", "strip surrounding blanks (default true)")}),
-    _spec(boolean, "boolean"),
-    _spec(uri, "uri"),
+    _spec(integer, "integer", raw=_integer_raw),
+    _spec(string, "string", {"strip": Arg("bool", "strip surrounding blanks (default true)")}, raw=_string_raw),
+    _spec(boolean, "boolean", raw=_boolean_raw),
+    _spec(uri, "uri", raw=_uri_raw),
 )})
 
 

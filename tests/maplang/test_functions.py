@@ -1134,6 +1134,7 @@ _RAW_ARGS: dict[str, list[dict[str, Any]]] = {
     "observation_status": [{}, {"default": "final"}],
     "report_status": [{}, {"default": "final"}],
     "gender": [{}, {"default": "unknown"}],
+    "string": [{}, {"strip": False}, {"strip": True}],
 }
 _HL7_TEXT = st.text(alphabet="AZaz09.-+<>:/ ^&~\\\"FSTRXEбЖ", max_size=40) | st.sampled_from([
     "2345-7^Glucose^LN", "20240501093000", "202405010930+0300", "19800501", "F", "M", "H", "3.9-6.1", "5.4",
