@@ -975,7 +975,8 @@ class _Hl7Codegen:
             return
         conv = src.conv
         assert conv is not None
-        flat = conv.raw is not None  # (FunctionSpec.raw: its function never returns a list)
+        # no value to spread: the function never returns a list (FunctionSpec.raw) and the default is none
+        flat = conv.raw is not None and not isinstance(src.default, list)
 
         if all(_single(p) for p in src.paths):  # at most one value: no list
             def one(j: int, raw: str | None, level: int) -> None:
