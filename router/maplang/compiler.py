@@ -54,10 +54,12 @@ NAMESPACE = uuid.UUID("6f0d3a52-1c3b-5e7a-9d0e-2b8f3c4a5d6e")  # of the ids this
 _NS = NAMESPACE.bytes
 
 
-try:  # CPython's own SHA-1: no OpenSSL context per call (uuid5 is not a security use)
+try:  # the namespace hashed once; each id copies that state (OpenSSL's SHA-1, the fastest here)
+    _NS_SHA1 = hashlib.sha1(_NS, usedforsecurity=False)  # uuid5 is not a security use
+except ValueError:  # pragma: no cover - a build whose OpenSSL refuses SHA-1
     from _sha1 import sha1 as _sha1
-except ImportError:  # pragma: no cover - a build without it
-    _sha1 = hashlib.sha1
+
+    _NS_SHA1 = _sha1(_NS)
 # the first hex digit of the clock_seq byte with the RFC 4122 variant (binary 10xx) set
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
@@ -65,7 +67,9 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 def uuid5(name: str) -> str:
     """str(uuid.uuid5(NAMESPACE, name)), without building UUID objects: the SHA-1 hex digest with
     the version digit (5) and the variant bits set in place."""
-    x = _sha1(_NS + name.encode()).hexdigest()
+    h = _NS_SHA1.copy()
+    h.update(name.encode())
+    x = h.hexdigest()
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
@@ -134,6 +138,8 @@ class _Conv:
     const_args: dict[str, Any] = field(default_factory=dict)
     path_args: dict[str, Any] = field(default_factory=dict)
     table: dict[str, Any] | None = None
+    raw: Callable[..., Any] | None = None  # FunctionSpec.raw: what the generated code calls
+    order: tuple[str, ...] = ()  # the function's arguments, in raw's positional order
 
 
 @dataclass
@@ -424,7 +430,7 @@ class _Compiler:
             if name == "concept_map" and val not in self.concept_maps:
                 self.add((*fw, "args", name), f"no concept map named {val!r}",
                          did_you_mean(str(val), self.concept_maps) or "declare it under concept_maps")
-        conv = _Conv("fn", fn, const_args, path_args)
+        conv = _Conv("fn", fn, const_args, path_args, raw=spec.raw, order=tuple(spec.args))
         if not path_args:
             if const_args:
                 return (lambda v, scope, ctx: fn(v, ctx, **const_args)), conv
@@ -830,12 +836,18 @@ class _Hl7Codegen:
         if conv.kind == "map":
             e(ind, f"x = {self.k(conv.table)}.get({self.text(raw) if raw else 'str(v)'})")
             return
-        if raw:
-            e(ind, f"v = V({raw}, enc, {level})")
         kws = [(name, self.k(val)) for name, val in conv.const_args.items()]
         for j, (name, p) in enumerate(conv.path_args.items()):
             self.value_arg(ind, p, f"a{j}")
             kws.append((name, f"a{j}"))
+        if raw and conv.raw is not None:  # the encoded text as it is, the arguments positional
+            given = dict(kws)
+            last = max((conv.order.index(name) + 1 for name in given), default=0)
+            args = "".join(f", {given.get(name, 'None')}" for name in conv.order[:last])
+            e(ind, f"x = {self.k(conv.raw)}({raw}, enc, {level}, ctx{args})")
+            return
+        if raw:
+            e(ind, f"v = V({raw}, enc, {level})")
         if all(name.isidentifier() and not keyword.iskeyword(name) for name, _ in kws):
             args = "".join(f", {name}={val}" for name, val in kws)
         else:
@@ -887,8 +899,9 @@ class _Hl7Codegen:
             value(text)
         return expr(node)
 
-    def assign(self, ind: int, f: _Field, x: str, many: bool) -> None:
-        """_assign(res, f, values): values is [x] (many False) or the non-empty list x."""
+    def assign(self, ind: int, f: _Field, x: str, many: bool, flat: bool = False) -> None:
+        """_assign(res, f, values): values is [x] (many False) or the non-empty list x; flat: no
+        value is a list (references, and functions with a raw variant), so none is spread."""
         e = self.emit
         if len(f.parts) != 1 or f.parts[0][1] is not None:  # nested or indexed target
             e(ind, f"_assign(res, {self.k(f)}, {x if many else f'[{x}]'})")
@@ -898,6 +911,8 @@ class _Hl7Codegen:
             first = f"{x}[0]" if many else x
             e(ind, f"if isinstance({first}, dict):")
             e(ind + 1, f"res.update({first})")
+        elif f.is_list and flat:
+            e(ind, f"res.setdefault({name}, []).{'extend' if many else 'append'}({x})")
         elif f.is_list:
             if many:
                 e(ind, f"_l = res.setdefault({name}, [])")
@@ -945,21 +960,23 @@ class _Hl7Codegen:
                 e(ind, f"x = M{j}.get(sc.levels[{len(target) - 1}].start)")
                 e(ind, "if x is not None:")
                 e(ind + 1, 'x = {"reference": x}')
-                self.assign(ind + 1, f, "x", False)
+                self.assign(ind + 1, f, "x", False, flat=True)
             elif src.kind == "ref":
                 e(ind, f'x = {{"reference": R{j}}} if R{j} is not None else _ref(I{j}, sc)')
                 e(ind, "if x:")
-                self.assign(ind + 1, f, "x", False)
+                self.assign(ind + 1, f, "x", False, flat=True)
             else:
                 e(ind, f"xs = _refs(I{j}, sc)")
                 e(ind, "if xs:")
-                self.assign(ind + 1, f, "xs", True)
+                self.assign(ind + 1, f, "xs", True, flat=True)
             if src.required:
                 e(ind, "else:")
                 e(ind + 1, f"raise MappingError({self.k(src.message)})")
             return
         conv = src.conv
         assert conv is not None
+        # no value to spread: the function never returns a list (FunctionSpec.raw) and the default is none
+        flat = conv.raw is not None and not isinstance(src.default, list)
 
         if all(_single(p) for p in src.paths):  # at most one value: no list
             def one(j: int, raw: str | None, level: int) -> None:
@@ -976,10 +993,10 @@ class _Hl7Codegen:
                     e(ind + 1, f"x = {self.k(src.default)}")
                 else:
                     e(ind + 1, f"raise MappingError({self.k(src.message)})")
-                self.assign(ind, f, "x", False)
+                self.assign(ind, f, "x", False, flat)
                 return
             e(ind, "if x is not None:")
-            self.assign(ind + 1, f, "x", False)
+            self.assign(ind + 1, f, "x", False, flat)
             return
 
         def add(j: int, raw: str | None, level: int) -> None:
@@ -999,7 +1016,7 @@ class _Hl7Codegen:
             e(ind, "if not xs:")
             e(ind + 1, f"raise MappingError({self.k(src.message)})")
         e(ind, "if xs:")
-        self.assign(ind + 1, f, "xs", True)
+        self.assign(ind + 1, f, "xs", True, flat)
 
     def compile(self) -> None:
         rule = self.rule

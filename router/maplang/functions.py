@@ -154,13 +154,25 @@ def _plain(value: V | str | None) -> str:
     return str(value)
 
 
+def _plain_raw(raw: str, enc: Encoding) -> str:
+    """_plain of a V with this encoded text."""
+    if not raw or raw == '""':
+        return ""
+    return unescape(raw, enc) if enc.escape in raw else raw
+
+
 def _parts(v: V) -> list[str]:
     """Raw (still encoded) components of a field, or subcomponents of a component."""
-    if v.level == 0:
-        return v.raw.split(v.enc.component)
-    if v.level == 1:
-        return v.raw.split(v.enc.subcomponent)
-    return [v.raw]
+    return _split(v.raw, v.enc, v.level)
+
+
+def _split(raw: str, enc: Encoding, level: int) -> list[str]:
+    """_parts of the value `raw` at `level` (0 field, 1 component, 2 subcomponent)."""
+    if level == 0:
+        return raw.split(enc.component)
+    if level == 1:
+        return raw.split(enc.subcomponent)
+    return [raw]
 
 
 def _t(parts: list[str], n: int, enc: Encoding) -> str:
@@ -171,6 +183,16 @@ def _t(parts: list[str], n: int, enc: Encoding) -> str:
     if not s or s == '""':
         return ""
     return unescape(s, enc) if enc.escape in s else s
+
+
+def _texts(parts: list[str], enc: Encoding, n: int) -> list[str]:
+    """[_t(parts, i, enc).strip() for i in 1..n] in one pass, so part i is at index i - 1 ('' past
+    the end): the stripped text of every part, for functions that read most of them."""
+    e = enc.escape
+    out = [("" if s == '""' else unescape(s, enc).strip() if e in s else s.strip()) for s in parts]
+    if len(out) < n:
+        out += [""] * (n - len(out))
+    return out
 
 
 def _sub(parts: list[str], n: int, enc: Encoding) -> list[str]:
@@ -284,17 +306,22 @@ def _dtm_text(value: V | str | None) -> str:
     if value is None:
         return ""
     if isinstance(value, V):
-        raw = value.raw
-        if value.level == 0 and value.enc.component in raw:
-            raw = raw.split(value.enc.component, 1)[0]
-        elif value.level == 1 and value.enc.subcomponent in raw:
-            raw = raw.split(value.enc.subcomponent, 1)[0]
-        raw = raw.strip()
-        return "" if raw == '""' else raw
+        return _dtm_raw(value.raw, value.enc, value.level)
     text = str(value).strip()
     if "^" in text:
         text = text.split("^", 1)[0]
     return "" if text == '""' else text
+
+
+def _dtm_raw(raw: str, enc: Encoding, level: int) -> str:
+    """_dtm_text of the encoded value `raw` at `level`."""
+    if level == 0:
+        if enc.component in raw:
+            raw = raw.split(enc.component, 1)[0]
+    elif level == 1 and enc.subcomponent in raw:
+        raw = raw.split(enc.subcomponent, 1)[0]
+    raw = raw.strip()
+    return "" if raw == '""' else raw
 
 
 def _to_datetime(text: str, ctx: FnContext, what: str) -> str:
@@ -333,6 +360,11 @@ def date(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     return _to_datetime(text, ctx, "date")[:10]
 
 
+def _date_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    text = _dtm_raw(raw, enc, level)
+    return _to_datetime(text, ctx, "date")[:10] if text else None
+
+
 def datetime(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     """HL7 DT/DTM/TS -> FHIR ``dateTime``, keeping the precision given.
 
@@ -346,13 +378,25 @@ def datetime(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     return _to_datetime(text, ctx, "datetime")
 
 
+def _datetime_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    text = _dtm_raw(raw, enc, level)
+    return _to_datetime(text, ctx, "datetime") if text else None
+
+
 def instant(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     """HL7 DTM/TS -> FHIR ``instant`` (needs at least the hour; minutes/seconds padded with 00).
 
     Example: ``MSH-7 "202308220211"`` -> ``"2023-08-22T02:11:00+03:00"``; a date without a time
     (``"20230822"``) raises MappingError.
     """
-    text = _dtm_text(value)
+    return _instant(_dtm_text(value), ctx)
+
+
+def _instant_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    return _instant(_dtm_raw(raw, enc, level), ctx)
+
+
+def _instant(text: str, ctx: FnContext) -> str | None:
     if not text:
         return None
     out = _to_datetime(text, ctx, "instant")
@@ -456,7 +500,14 @@ def decimal(value: V | str | None, ctx: FnContext, **_: Any) -> int | float | No
 
 def integer(value: V | str | None, ctx: FnContext, **_: Any) -> int | None:
     """HL7 NM/SI -> FHIR ``integer`` (32-bit signed). Example: ``"3"`` -> ``3``; ``"2.5"`` raises."""
-    text = _plain(value).strip()
+    return _integer(_plain(value).strip())
+
+
+def _integer_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> int | None:
+    return _integer(_plain_raw(raw, enc).strip())
+
+
+def _integer(text: str) -> int | None:
     if not text:
         return None
     if _INT.fullmatch(text) is None:
@@ -478,13 +529,27 @@ def string(value: V | str | None, ctx: FnContext, *, strip: bool = True, **_: An
     return text or None
 
 
+def _string_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, strip: bool | None = None) -> str | None:
+    text = _plain_raw(raw, enc)
+    if strip is None or strip:  # (not given: strip)
+        text = text.strip()
+    return text or None
+
+
 _BOOL = MappingProxyType({"Y": True, "N": False})
 
 
 def boolean(value: V | str | None, ctx: FnContext, **_: Any) -> bool | None:
     """HL7 ID from table 0136 (Y/N, or a CWE with it in component 1) -> FHIR ``boolean``.
     Example: ``"Y"`` -> ``true``; ``"N^No^HL70136"`` -> ``false``."""
-    text = _first(value)
+    return _boolean(_first(value), ctx)
+
+
+def _boolean_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> bool | None:
+    return _boolean(_first_raw(raw, enc, level), ctx)
+
+
+def _boolean(text: str, ctx: FnContext) -> bool | None:
     if not text:
         return None
     hit = _BOOL.get(text) if text in _BOOL else _BOOL.get(text.upper())
@@ -506,8 +571,13 @@ def uri(value: V | str | None, ctx: FnContext, **_: Any) -> str | None:
     v = _v(value)
     if v is None:
         return None
-    parts = _parts(v)
-    enc = v.enc
+    return _uri_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _uri_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> str | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     if len(parts) > 1:
         ns, uid, utype = _t(parts, 1, enc).strip(), _t(parts, 2, enc).strip(), _t(parts, 3, enc).strip()
         hit = ctx.codesystems.configured(ns) if ns else None
@@ -601,20 +671,20 @@ def _parse_cwe(v: V, cs: CodeSystems) -> _Cwe:
     return tuple(codings), text, tuple(warnings), tuple(_coding_dict(c) for c in codings)
 
 
-def _cwe(v: V, cs: CodeSystems) -> _Cwe:
-    enc = v.enc
-    key = (v.raw, v.level, enc.component + enc.subcomponent + enc.escape, cs)
+def _cwe(raw: str, enc: Encoding, level: int, cs: CodeSystems) -> _Cwe:
+    key = (raw, level, enc.component + enc.subcomponent + enc.escape, cs)
     hit = _CWE_CACHE.get(key)
     if hit is None:
-        hit = _parse_cwe(v, cs)
+        hit = _parse_cwe(V(raw, enc, level), cs)
         if len(_CWE_CACHE) >= _CACHE_MAX:
             _CWE_CACHE.clear()
         _CWE_CACHE[key] = hit
     return hit
 
 
-def _codeable(v: V, ctx: FnContext, concept_map: str | None, private: bool = False) -> dict[str, Any] | None:
-    codings_t, text, warnings, dicts = _cwe(v, ctx.codesystems)
+def _codeable(raw: str, enc: Encoding, level: int, ctx: FnContext, concept_map: str | None,
+              private: bool = False) -> dict[str, Any] | None:
+    codings_t, text, warnings, dicts = _cwe(raw, enc, level, ctx.codesystems)
     for w in warnings:
         _warn(ctx, w)
     if not codings_t:
@@ -696,7 +766,14 @@ def codeable_concept(value: V | str | None, ctx: FnContext, *, concept_map: str 
     v = _v(value)
     if v is None:
         return None
-    return _codeable(v, ctx, concept_map)
+    return _codeable(v.raw, v.enc, v.level, ctx, concept_map)
+
+
+def _codeable_concept_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                          concept_map: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    return _codeable(raw, enc, level, ctx, concept_map)
 
 
 def coding(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, str] | None:
@@ -844,7 +921,14 @@ def gender(value: V | str | None, ctx: FnContext, *, default: str | None = None,
     F female, M male, O/A/N other, U unknown; also accepted: Female/Male and Russian Ж/М (Cyrillic).
     Example: ``"F"`` -> ``"female"``. Other codes: ``default`` when given, else ctx.unmapped policy.
     """
-    text = _first(value)
+    return _gender(_first(value), ctx, default)
+
+
+def _gender_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, default: str | None = None) -> str | None:
+    return _gender(_first_raw(raw, enc, level), ctx, default)
+
+
+def _gender(text: str, ctx: FnContext, default: str | None) -> str | None:
     if not text:
         return None
     hit = SEX_0001.get(text) or SEX_ALIASES.get(text.upper())
@@ -864,6 +948,16 @@ def observation_status(value: V | str | None, ctx: FnContext, *, default: str | 
         if text else None
 
 
+def _observation_status_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                            default: str | None = None) -> str | None:
+    text = _first_raw(raw, enc, level)
+    hit = OBSERVATION_STATUS_0085.get(text)  # the usual case: a code of the table as it stands
+    if hit is not None:
+        return hit
+    return _table(ctx, OBSERVATION_STATUS_0085, text, "observation_status (HL7 table 0085)", default) \
+        if text else None
+
+
 def report_status(value: V | str | None, ctx: FnContext, *, default: str | None = None,
                   **_: Any) -> str | None:
     """HL7 table 0123 (OBR-25) -> FHIR ``DiagnosticReport.status``.
@@ -872,7 +966,15 @@ def report_status(value: V | str | None, ctx: FnContext, *, default: str | None 
     order", "no such patient") always raise MappingError, as the table says. A M N have no target:
     ``default`` when given, else ctx.unmapped policy. Example: ``"F"`` -> ``"final"``.
     """
-    text = _first(value)
+    return _report_status(_first(value), ctx, default)
+
+
+def _report_status_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                       default: str | None = None) -> str | None:
+    return _report_status(_first_raw(raw, enc, level), ctx, default)
+
+
+def _report_status(text: str, ctx: FnContext, default: str | None) -> str | None:
     if not text:
         return None
     if text.upper() in REPORT_STATUS_ERRORS:
@@ -889,7 +991,15 @@ def interpretation(value: V | str | None, ctx: FnContext, *, default: str | None
     "display": "High"}]}``. Codes without a target (AC HM OBX QCF TOX, local codes): ``default``
     (a 0078 code) when given, else ctx.unmapped policy.
     """
-    text = _first(value)
+    return _interpretation(_first(value), ctx, default)
+
+
+def _interpretation_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                        default: str | None = None) -> dict[str, Any] | None:
+    return _interpretation(_first_raw(raw, enc, level), ctx, default)
+
+
+def _interpretation(text: str, ctx: FnContext, default: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     display = INTERPRETATION_0078.get(text) or INTERPRETATION_0078.get(text.upper())
@@ -908,18 +1018,23 @@ def _first(value: V | str | None) -> str:
     if value is None:
         return ""
     if isinstance(value, V):
-        raw = value.raw
-        if not raw or raw == '""':
-            return ""
-        if value.level == 0 and value.enc.component in raw:
-            raw = raw.split(value.enc.component, 1)[0]
-        elif value.level == 1 and value.enc.subcomponent in raw:
-            raw = raw.split(value.enc.subcomponent, 1)[0]
-        if value.enc.escape in raw:
-            raw = unescape(raw, value.enc)
-        return raw.strip()
+        return _first_raw(value.raw, value.enc, value.level)
     text = str(value)
     return "" if text == '""' else text.split("^", 1)[0].strip()
+
+
+def _first_raw(raw: str, enc: Encoding, level: int) -> str:
+    """_first of the encoded value `raw` at `level`."""
+    if not raw or raw == '""':
+        return ""
+    if level == 0:
+        if enc.component in raw:
+            raw = raw.split(enc.component, 1)[0]
+    elif level == 1 and enc.subcomponent in raw:
+        raw = raw.split(enc.subcomponent, 1)[0]
+    if enc.escape in raw:
+        raw = unescape(raw, enc)
+    return raw.strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,8 +1052,13 @@ def human_name(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _human_name_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _human_name_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     n = len(parts)
     out: dict[str, Any] = {}
     if n >= 7:
@@ -947,7 +1067,7 @@ def human_name(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any
             hit = NAME_USE_0200.get(use) or NAME_USE_0200.get(use.upper())
             if hit:
                 out["use"] = hit
-    fam = _sub(parts, 1, enc) if v.level == 0 else parts[:1]
+    fam = _sub(parts, 1, enc) if level == 0 else parts[:1]
     family = _t(fam, 1, enc).strip() if fam else ""
     if family:
         out["family"] = family
@@ -1069,8 +1189,14 @@ def identifier(value: V | str | None, ctx: FnContext, *, system: str | None = No
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _identifier_raw(v.raw, v.enc, v.level, ctx, system, type, use)
+
+
+def _identifier_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                    type: str | None = None, use: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     val = _t(parts, 1, enc).strip()
     if not val:
         return None
@@ -1108,8 +1234,14 @@ def identifier_ei(value: V | str | None, ctx: FnContext, *, system: str | None =
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _identifier_ei_raw(v.raw, v.enc, v.level, ctx, system, type, use)
+
+
+def _identifier_ei_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                       type: str | None = None, use: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     val = _t(parts, 1, enc).strip()
     if not val:
         return None
@@ -1130,6 +1262,11 @@ def placer_identifier(value: V | str | None, ctx: FnContext, *, system: str | No
     return identifier_ei(value, ctx, system=system, type="PLAC", use=use)
 
 
+def _placer_identifier_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                           use: str | None = None) -> dict[str, Any] | None:
+    return _identifier_ei_raw(raw, enc, level, ctx, system, "PLAC", use)
+
+
 def filler_identifier(value: V | str | None, ctx: FnContext, *, system: str | None = None,
                       use: str | None = None, **_: Any) -> dict[str, Any] | None:
     """HL7 EI filler order number (ORC-3 / OBR-3) -> FHIR ``Identifier`` typed FILL (v2-0203);
@@ -1137,6 +1274,11 @@ def filler_identifier(value: V | str | None, ctx: FnContext, *, system: str | No
     ``{"type": {...FILL...}, "system": "urn:oid:1.2.643.5.1.13.13.12.1.77.1", "value": "R-778"}``.
     """
     return identifier_ei(value, ctx, system=system, type="FILL", use=use)
+
+
+def _filler_identifier_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, system: str | None = None,
+                           use: str | None = None) -> dict[str, Any] | None:
+    return _identifier_ei_raw(raw, enc, level, ctx, system, "FILL", use)
 
 
 def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] | None:
@@ -1152,22 +1294,28 @@ def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] |
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _address_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _address_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     n = len(parts)
+    t = _texts(parts, enc, 19)  # component i at t[i - 1]
     out: dict[str, Any] = {}
-    kind = _t(parts, 7, enc).strip() if n >= 7 else ""
+    kind = t[6]
     if kind:
         if kind in ADDRESS_USE_0190:
             out["use"] = ADDRESS_USE_0190[kind]
         elif kind in ADDRESS_TYPE_0190:
             out["type"] = ADDRESS_TYPE_0190[kind]
-    sad = _sub(parts, 1, enc) if v.level == 0 else parts[:1]
+    sad = _sub(parts, 1, enc) if level == 0 else parts[:1]
     lines = [s for s in (_t(sad, 1, enc).strip(), _t(sad, 2, enc).strip(), _t(sad, 3, enc).strip()) if s]
-    for i in (2, 19):
-        s = _t(parts, i, enc).strip()
-        if s:
-            lines.append(s)
+    if t[1]:
+        lines.append(t[1])
+    if t[18]:
+        lines.append(t[18])
     if lines:
         out["line"] = lines
     for i, key in ((3, "city"), (9, "district"), (4, "state"), (5, "postalCode"), (6, "country")):
@@ -1176,7 +1324,7 @@ def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] |
             # CWE[string]: 9, else 2; else 1 (before v2.7 XAD.9 was an IS code, now CWE.1)
             s = (_t(cwe, 9, enc) or _t(cwe, 2, enc) or _t(cwe, 1, enc)).strip() if cwe else ""
         else:
-            s = _t(parts, i, enc).strip()
+            s = t[i - 1]
         if s:
             out[key] = s
     if n >= 12:
@@ -1186,9 +1334,12 @@ def address(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, Any] |
             per = _period(_t(parts, 13, enc), _t(parts, 14, enc), ctx, "address period")
         if per:
             out["period"] = per
-    if not ({"line", "city", "district", "state", "postalCode", "country"} & out.keys()):
+    if out.keys().isdisjoint(_ADDRESS_PARTS):
         return None
     return out
+
+
+_ADDRESS_PARTS = frozenset({"line", "city", "district", "state", "postalCode", "country"})
 
 
 _XTN_EXT = (
@@ -1213,12 +1364,16 @@ def contact_point(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, 
     v = _v(value)
     if v is None:
         return None
-    enc = v.enc
-    parts = _parts(v)
+    return _contact_point_raw(v.raw, v.enc, v.level, ctx)
+
+
+def _contact_point_raw(raw: str, enc: Encoding, level: int, ctx: FnContext) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    parts = _split(raw, enc, level)
     n = len(parts)
-    equip = _t(parts, 3, enc).strip()
-    email_addr = _t(parts, 4, enc).strip()
-    use_code = _t(parts, 2, enc).strip()
+    t = _texts(parts, enc, 18)  # component i at t[i - 1]
+    equip, email_addr, use_code = t[2], t[3], t[1]
     system = TELECOM_SYSTEM_0202.get(equip) if equip else None
     if system is None and equip:
         system = TELECOM_SYSTEM_0202.get(equip.upper()) or ("email" if equip.upper() in ("INTERNET", "X.400")
@@ -1231,18 +1386,18 @@ def contact_point(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, 
     out: dict[str, Any] = {}
     ext: list[dict[str, str]] = []
     if is_email:
-        val = email_addr or _t(parts, 1, enc).strip()
+        val = email_addr or t[0]
     else:
-        nums = {i: _t(parts, i, enc).strip() for i in (5, 6, 7, 8)} if n >= 5 else {}
-        for i, url in _XTN_EXT:
-            if nums.get(i):
-                ext.append({"url": url, "valueString": nums[i]})
-        val = _t(parts, 12, enc).strip() if n >= 12 else ""
-        if not val and nums.get(7):
-            pieces = ([f"+{nums[5]}"] if nums[5] else []) + ([nums[6]] if nums[6] else []) + [nums[7]]
-            val = " ".join(pieces) + (f" X{nums[8]}" if nums[8] else "")
+        for i, url in _XTN_EXT:  # (5-8: '' when absent)
+            if t[i - 1]:
+                ext.append({"url": url, "valueString": t[i - 1]})
+        country, area, local, ext_no = t[4], t[5], t[6], t[7]
+        val = t[11]
+        if not val and local:
+            pieces = ([f"+{country}"] if country else []) + ([area] if area else []) + [local]
+            val = " ".join(pieces) + (f" X{ext_no}" if ext_no else "")
         if not val:
-            val = _t(parts, 1, enc).strip()
+            val = t[0]
     if not val and not ext:
         return None
     if ext:
@@ -1257,7 +1412,7 @@ def contact_point(value: V | str | None, ctx: FnContext, **_: Any) -> dict[str, 
     if use:
         out["use"] = use
     if n >= 13:
-        rank = _t(parts, 18, enc).strip()
+        rank = t[17]
         if rank:
             r = _try_number(rank)
             if isinstance(r, int) and r > 0:
@@ -1361,23 +1516,25 @@ RUSSIAN_UNITS = MappingProxyType({
 })
 
 
-_UNITS_CACHE: dict[tuple[str, int, str, CodeSystems], tuple[tuple[str, str], ...]] = {}
+_UNITS_CACHE: dict[tuple[str, int, str, CodeSystems], dict[str, str]] = {}
+_NO_UNITS: dict[str, str] = {}
 
 
 def _unit_fields(units: V | str | None, ctx: FnContext) -> dict[str, str]:
-    """Quantity.unit/system/code from a units CWE (CWE[Quantity]) or a unit string."""
+    """Quantity.unit/system/code from a units CWE (CWE[Quantity]) or a unit string. READ-ONLY: the
+    dict is the memo's own (callers copy its items into the elements they build, never change it)."""
     u = _v(units)
     if u is None:
-        return {}
+        return _NO_UNITS
     enc, cs = u.enc, ctx.codesystems
     key = (u.raw, u.level, enc.component + enc.subcomponent + enc.escape, cs)
     hit = _UNITS_CACHE.get(key)
     if hit is None:
-        hit = _parse_units(u, cs)
+        hit = dict(_parse_units(u, cs))
         if len(_UNITS_CACHE) >= _CACHE_MAX:
             _UNITS_CACHE.clear()
         _UNITS_CACHE[key] = hit
-    return dict(hit)
+    return hit
 
 
 def _parse_units(u: V, cs: CodeSystems) -> tuple[tuple[str, str], ...]:
@@ -1437,7 +1594,7 @@ def _sn(v: V, ctx: FnContext, units: V | str | None) -> dict[str, Any]:
     num1 = _t(parts, 2, enc).strip()
     sep = _t(parts, 3, enc).strip()
     num2 = _t(parts, 4, enc).strip()
-    unit_fields = _unit_fields(units, ctx) if units is not None else {}
+    unit_fields = _unit_fields(units, ctx) if units is not None else _NO_UNITS
     comp_ok = not comp or comp == "=" or comp in _COMPARATORS
     n1 = _try_number(num1) if num1 and comp_ok else None
     if n1 is not None:
@@ -1471,12 +1628,17 @@ def _sn(v: V, ctx: FnContext, units: V | str | None) -> dict[str, Any]:
 
 
 def _ft_text(v: V) -> str:
-    e = v.enc.escape
-    raw = v.raw
+    return _ft_raw(v.raw, v.enc)
+
+
+def _ft_raw(raw: str, enc: Encoding) -> str:
+    e = enc.escape
+    if e not in raw:
+        return raw
     sp = f"{e}.sp{e}"
     if sp in raw:
         raw = raw.replace(sp, f"{e}.br{e}")
-    return unescape(raw, v.enc) if e in raw else raw
+    return unescape(raw, enc)
 
 
 def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = None,
@@ -1497,9 +1659,16 @@ def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = N
     v = _v(value)
     if v is None:
         return None
+    return _obx_value_raw(v.raw, v.enc, v.level, ctx, type, units, concept_map)
+
+
+def _obx_value_raw(raw: str, enc: Encoding, level: int, ctx: FnContext, type: V | str | None = None,  # noqa: A002
+                   units: V | str | None = None, concept_map: str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
     t = _first(type).upper()
     if t == "NM":
-        text = _plain(v).strip()
+        text = (unescape(raw, enc) if enc.escape in raw else raw).strip()
         if not text:
             return None
         num = _try_number(text)
@@ -1515,6 +1684,7 @@ def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = N
         if units is not None:
             q.update(_unit_fields(units, ctx))
         return {"valueQuantity": q}
+    v = V(raw, enc, level)
     if t == "SN":
         return _sn(v, ctx, units)
     if t in ("ST", "TX"):
@@ -1524,7 +1694,7 @@ def obx_value(value: V | str | None, ctx: FnContext, *, type: V | str | None = N
         text = _ft_text(v)
         return {"valueString": text} if text.strip() else None
     if t in ("CWE", "CE", "CNE", "CF"):
-        cc = _codeable(v, ctx, concept_map, private=True)  # a result: warnings do not name it
+        cc = _codeable(raw, enc, level, ctx, concept_map, private=True)  # a result: warnings do not name it
         return {"valueCodeableConcept": cc} if cc else None
     if t in ("IS", "ID"):
         c = _first(v)
@@ -1563,7 +1733,14 @@ def annotation(value: V | str | None, ctx: FnContext, *, time: V | str | None = 
     v = _v(value)
     if v is None:
         return None
-    text = _ft_text(v).strip()
+    return _annotation_raw(v.raw, v.enc, v.level, ctx, time)
+
+
+def _annotation_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                    time: V | str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    text = _ft_raw(raw, enc).strip()
     if not text:
         return None
     out: dict[str, Any] = {"text": text}
@@ -1617,13 +1794,23 @@ def reference_range(value: V | str | None, ctx: FnContext, *, units: V | str | N
     "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}, "high":
     {...5.5...}, "text": "3.5-5.5"}``.
     """
-    text = _plain(value).strip()
+    return _reference_range(_plain(value).strip(), ctx, units)
+
+
+def _reference_range_raw(raw: str, enc: Encoding, level: int, ctx: FnContext,
+                         units: V | str | None = None) -> dict[str, Any] | None:
+    if not raw or raw == '""':
+        return None
+    return _reference_range((unescape(raw, enc) if enc.escape in raw else raw).strip(), ctx, units)
+
+
+def _reference_range(text: str, ctx: FnContext, units: V | str | None) -> dict[str, Any] | None:
     if not text:
         return None
     lo, hi = _parse_range(text)
     out: dict[str, Any] = {}
     if lo is not None or hi is not None:
-        uf = _unit_fields(units, ctx) if units is not None else {}
+        uf = _unit_fields(units, ctx) if units is not None else _NO_UNITS
         if lo is not None:
             out["low"] = {"value": lo, **uf}
         if hi is not None:
@@ -1660,6 +1847,11 @@ class FunctionSpec:
     returns: str
     doc: str
     args: Mapping[str, Arg] = field(default_factory=dict)
+    #: the same conversion for generated code: ``raw(text, enc, level, ctx, *args)`` with ``text``
+    #: the encoded value at ``level`` (0 field, 1 component, 2 subcomponent) and the arguments
+    #: positional, in the order of ``args`` (all optional, None when not given); None: call ``fn``.
+    #: A function with a raw variant never returns a list (generated code relies on it)
+    raw: Fn | None = None
 
     @property
     def summary(self) -> str:
@@ -1702,46 +1894,53 @@ _ID_ARGS = {
 }
 
 
-def _spec(fn: Fn, returns: str, args: Mapping[str, Arg] | None = None, name: str | None = None) -> FunctionSpec:
-    return FunctionSpec(name or fn.__name__, fn, returns, fn.__doc__ or "", MappingProxyType(dict(args or {})))
+def _spec(fn: Fn, returns: str, args: Mapping[str, Arg] | None = None, name: str | None = None,
+          raw: Fn | None = None) -> FunctionSpec:
+    return FunctionSpec(name or fn.__name__, fn, returns, fn.__doc__ or "", MappingProxyType(dict(args or {})), raw)
 
 
 FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType({s.name: s for s in (
-    _spec(date, "date"),
-    _spec(datetime, "dateTime"),
-    _spec(instant, "instant"),
+    _spec(date, "date", raw=_date_raw),
+    _spec(datetime, "dateTime", raw=_datetime_raw),
+    _spec(instant, "instant", raw=_instant_raw),
     _spec(time, "time"),
     _spec(period, "Period"),
     _spec(codeable_concept, "CodeableConcept", {
-        "concept_map": Arg("str", "name of a concept map; its target coding is appended")}),
+        "concept_map": Arg("str", "name of a concept map; its target coding is appended")},
+          raw=_codeable_concept_raw),
     _spec(coding, "Coding"),
     _spec(code, "code"),
-    _spec(human_name, "HumanName"),
-    _spec(identifier, "Identifier", _ID_ARGS),
-    _spec(identifier_ei, "Identifier", _ID_ARGS),
-    _spec(placer_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"}),
-    _spec(filler_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"}),
-    _spec(address, "Address"),
-    _spec(contact_point, "ContactPoint"),
+    _spec(human_name, "HumanName", raw=_human_name_raw),
+    _spec(identifier, "Identifier", _ID_ARGS, raw=_identifier_raw),
+    _spec(identifier_ei, "Identifier", _ID_ARGS, raw=_identifier_ei_raw),
+    _spec(placer_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"},
+          raw=_placer_identifier_raw),
+    _spec(filler_identifier, "Identifier", {k: a for k, a in _ID_ARGS.items() if k != "type"},
+          raw=_filler_identifier_raw),
+    _spec(address, "Address", raw=_address_raw),
+    _spec(contact_point, "ContactPoint", raw=_contact_point_raw),
     _spec(quantity, "Quantity", {"unit": Arg("value", "units: a CWE (e.g. OBX-6) or a unit string")}),
     _spec(obx_value, "value[x] (dict to merge)", {
         "type": Arg("value", "the value type, OBX-2", required=True),
         "units": Arg("value", "the units, OBX-6"),
-        "concept_map": Arg("str", "concept map applied to coded values")}),
+        "concept_map": Arg("str", "concept map applied to coded values")}, raw=_obx_value_raw),
     _spec(reference_range, "Observation.referenceRange", {
-        "units": Arg("value", "units for low/high, usually OBX-6")}),
-    _spec(annotation, "Annotation", {"time": Arg("value", "when the note was made, e.g. NTE-6")}),
+        "units": Arg("value", "units for low/high, usually OBX-6")}, raw=_reference_range_raw),
+    _spec(annotation, "Annotation", {"time": Arg("value", "when the note was made, e.g. NTE-6")},
+          raw=_annotation_raw),
     _spec(interpretation, "CodeableConcept", {
-        "default": Arg("str", "table 0078 code used when the code has no target")}),
-    _spec(observation_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_OBS_STATUS)}),
-    _spec(report_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_REPORT_STATUS)}),
+        "default": Arg("str", "table 0078 code used when the code has no target")}, raw=_interpretation_raw),
+    _spec(observation_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_OBS_STATUS)},
+          raw=_observation_status_raw),
+    _spec(report_status, "code", {"default": Arg("str", _STATUS_DEFAULT.doc, choices=_REPORT_STATUS)},
+          raw=_report_status_raw),
     _spec(gender, "code", {"default": Arg("str", _STATUS_DEFAULT.doc,
-                                          choices=("male", "female", "other", "unknown"))}),
+                                          choices=("male", "female", "other", "unknown"))}, raw=_gender_raw),
     _spec(decimal, "decimal"),
-    _spec(integer, "integer"),
-    _spec(string, "string", {"strip": Arg("bool", "strip surrounding blanks (default true)")}),
-    _spec(boolean, "boolean"),
-    _spec(uri, "uri"),
+    _spec(integer, "integer", raw=_integer_raw),
+    _spec(string, "string", {"strip": Arg("bool", "strip surrounding blanks (default true)")}, raw=_string_raw),
+    _spec(boolean, "boolean", raw=_boolean_raw),
+    _spec(uri, "uri", raw=_uri_raw),
 )})
 
 

@@ -1094,3 +1094,70 @@ def test_suggest() -> None:
     assert fn.suggest("observation_stat") == "did you mean 'observation_status'?"
     assert fn.suggest("zzzz") == ""
     assert fn.spec("date") is FUNCTIONS["date"] and fn.spec("nope") is None
+
+
+# --------------------------------------------------------------------------------------------
+# FunctionSpec.raw: what generated code calls, the same conversion as the public function
+# --------------------------------------------------------------------------------------------
+
+RAW = sorted(n for n, s in FUNCTIONS.items() if s.raw is not None)
+
+
+@pytest.mark.parametrize("name", RAW)
+def test_raw_variant_takes_the_spec_arguments_in_order(name: str) -> None:
+    import inspect
+
+    params = inspect.signature(FUNCTIONS[name].raw).parameters  # type: ignore[arg-type]
+    assert list(params)[:4] == ["raw", "enc", "level", "ctx"]
+    assert list(params)[4:] == list(FUNCTIONS[name].args)
+    assert all(p.default is None for p in list(params.values())[4:])
+
+
+def _outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except MappingError as exc:
+        return "error", str(exc)
+
+
+_RAW_ARGS: dict[str, list[dict[str, Any]]] = {
+    "obx_value": [{"type": V(t, E)} for t in ("NM", "SN", "ST", "FT", "CWE", "ID", "DTM", "TM", "NR", "DR", "ED")]
+    + [{"type": V("NM", E), "units": V("mmol/L^^UCUM", E)}, {"type": "CWE", "concept_map": "m"}],
+    "reference_range": [{}, {"units": V("mmol/L^mmol/L^UCUM", E)}],
+    "codeable_concept": [{}, {"concept_map": "m"}],
+    "identifier": [{}, {"system": "urn:oid:1.2.3", "type": "MR", "use": "official"}],
+    "identifier_ei": [{}, {"system": "urn:oid:1.2.3", "type": "PLAC"}],
+    "placer_identifier": [{}, {"use": "usual"}],
+    "filler_identifier": [{}, {"system": "urn:oid:1.2.3"}],
+    "annotation": [{}, {"time": V("20240501093000", E)}],
+    "interpretation": [{}, {"default": "N"}],
+    "observation_status": [{}, {"default": "final"}],
+    "report_status": [{}, {"default": "final"}],
+    "gender": [{}, {"default": "unknown"}],
+    "string": [{}, {"strip": False}, {"strip": True}],
+}
+_HL7_TEXT = st.text(alphabet="AZaz09.-+<>:/ ^&~\\\"FSTRXEбЖ", max_size=40) | st.sampled_from([
+    "2345-7^Glucose^LN", "20240501093000", "202405010930+0300", "19800501", "F", "M", "H", "3.9-6.1", "5.4",
+    "<0.5", "11223344595^^^&1.2.643.100.3&ISO^SNILS", "MRN1^^^HOSP^MR", "PL1^EHR^1.2.3^ISO", "Иванов^Иван",
+    "ул. Ленина 1^^Москва^^101000^RU", "^PRN^PH^^7^495^1234567", "A \\T\\ B\\.br\\C", '""', ""])
+
+
+@settings(max_examples=400)
+@given(name=st.sampled_from(RAW), text=_HL7_TEXT, level=st.sampled_from([0, 1, 2]), pick=st.integers(0, 20))
+def test_raw_variant_is_the_public_function(name: str, text: str, level: int, pick: int) -> None:
+    """Same result, same error, same warnings, for any encoded text at any level and the args."""
+    spec = FUNCTIONS[name]
+    choices = _RAW_ARGS.get(name, [{}])
+    kw = choices[pick % len(choices)]
+
+    def lookup(_map: str, system: str | None, code: str) -> tuple[str, str, str] | None:
+        return ("http://x", code.upper(), "X") if code[:1].isdigit() else None
+
+    def ctx() -> FnContext:
+        return FnContext(concept_map=lookup, unmapped="warn", warnings=[], memo={})
+    c1, c2 = ctx(), ctx()
+    want = _outcome(lambda: spec.fn(V(text, E, level), c1, **kw))
+    got = _outcome(lambda: spec.raw(text, E, level, c2, *(kw.get(a) for a in spec.args)))  # type: ignore[misc]
+    assert got == want
+    assert c2.warnings == c1.warnings
+    assert not isinstance(want[1], list)  # generated code appends a raw variant's result as it is

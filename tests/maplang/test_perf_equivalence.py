@@ -74,6 +74,8 @@ resources:
       telecom: {from: ["PID-14[*]", "PID-13[*]"], fn: contact_point}
       maritalStatus.text: PID-16.2
       address: {from: "PID-11[*]", fn: address, when: {not: {field: PID-11.1, equals: x}}}
+      contact: {from: "PID-21[*]", fn: human_name, default: [{name: {text: a}}, {name: {text: b}}]}
+      photo: {from: PID-22, fn: string, default: [{title: c}]}
       link: {refs: obs}
       managingOrganization.display: MSH-4
       generalPractitioner: {ref: order}
