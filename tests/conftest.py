@@ -36,10 +36,44 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(msg)
 
 
+_NAMESPACES: set[str] = set()  # the queue namespaces this session used; their queues go at the end
+
+
 @pytest.fixture
 def namespace() -> str:
     """A unique queue namespace per test, so tests never see each other's messages."""
-    return f"t{uuid.uuid4().hex[:10]}"
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    _NAMESPACES.add(ns)
+    return ns
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete the RabbitMQ queues of this session's namespaces (durable queues left by thousands
+    of tests slow the shared broker's restarts down to a hang). Best effort: it needs rabbitmqctl
+    on this machine to list queues; without it, or without the broker, nothing is done."""
+    import shutil
+    import subprocess
+
+    if not _NAMESPACES or shutil.which("rabbitmqctl") is None or not _port_open("127.0.0.1", 5672):
+        return
+    try:
+        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    names = [q for q in (line.strip() for line in out.splitlines()) if q.split(".", 1)[0] in _NAMESPACES]
+    if not names:
+        return
+    import pika
+
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        ch = conn.channel()
+        for q in names:
+            ch.queue_delete(q)
+        conn.close()
+    except Exception:  # noqa: BLE001 - clean-up only
+        pass
 
 
 @pytest.fixture
