@@ -45,7 +45,7 @@ def dry_run_all(rt: RouteRuntime, raw: bytes, *, validate: bool = True) -> list[
     """`dry_run` of each message of the input: an HL7 batch (FHS/BHS, or several MSH in a row) is
     split as the file source splits it; a broken batch envelope is one rejected run."""
     try:
-        messages = hl7v2.split_messages(normalise_input(raw))
+        messages = hl7v2.split_messages(raw)  # dry_run normalises each message
     except InputError as exc:
         return [DryRun(rt.name, error=exc, trace=[f"rejected: {type(exc).__name__}: {exc}"])]
     return [dry_run(rt, m, validate=validate) for m in messages]
