@@ -34,6 +34,15 @@ class Header:
     accept_ack_type: str = ""  # MSH-15: AL, ER, NE, SU; empty = original acknowledgment mode
     application_ack_type: str = ""  # MSH-16: AL, ER, NE, SU
 
+    def ack_headers(self) -> dict[str, str]:
+        """MSH-15 and MSH-16 as envelope headers (accept_ack_type, application_ack_type), when valued."""
+        out = {}
+        if self.accept_ack_type:
+            out["accept_ack_type"] = self.accept_ack_type
+        if self.application_ack_type:
+            out["application_ack_type"] = self.application_ack_type
+        return out
+
     @property
     def enhanced(self) -> bool:
         """Enhanced acknowledgment mode: the sender filled MSH-15 (accept acknowledgment type)."""

@@ -83,12 +83,9 @@ class HttpIntake:
         try:
             if is_hl7:
                 header = hl7v2.parse_header(hl7v2.decode(body))
-                if header.accept_ack_type:
-                    extra["accept_ack_type"] = header.accept_ack_type
-                if header.application_ack_type:
-                    extra["application_ack_type"] = header.application_ack_type
+                extra.update(header.ack_headers())
             accepted = intake.prepare(body, source=source, content_type=None if is_hl7 else ctype or None,
-                                      headers=extra)
+                                      headers=extra, header=header)
         except RejectedError as exc:
             if is_hl7:
                 return hl7_answer(header, "R", 200, str(exc), error="unsupported-message-type")
