@@ -33,8 +33,8 @@ import click
 from ..errors import InputError
 from ..formats import hl7v2
 from ..formats.ack import AckInfo, read_ack
+from ..formats.mllp import START, frame, take_frame
 
-START, END = b"\x0b", b"\x1c\x0d"
 BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 MAX_ACK_BYTES = 16 * 1024 * 1024
 OK_CODES = ("AA", "CA")
@@ -173,7 +173,7 @@ class Connection:
 
     async def send(self, raw: bytes) -> None:
         assert self.writer is not None
-        self.writer.write(START + raw + END)
+        self.writer.write(frame(raw))
         await asyncio.wait_for(self.writer.drain(), timeout=self.timeout)
 
     async def frame(self, timeout: float) -> bytes:
@@ -182,17 +182,12 @@ class Connection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            i = self.buf.find(START)
-            if i != -1:
-                j = self.buf.find(END, i)
-                if j != -1:
-                    data = bytes(self.buf[i + 1:j])
-                    del self.buf[:j + 2]
-                    return data
-                if len(self.buf) > MAX_ACK_BYTES:
-                    raise ConnectionError("answer larger than 16 MiB")
-            else:
-                self.buf.clear()
+            try:
+                data = take_frame(self.buf, MAX_ACK_BYTES)
+            except ValueError:
+                raise ConnectionError("answer larger than 16 MiB") from None
+            if data is not None:
+                return data
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError

@@ -14,57 +14,31 @@ from __future__ import annotations
 
 import socket
 import ssl
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config.durations import Duration
-from ..errors import DestinationRejected, DestinationUnavailable, InputError, RouterError
+from ..errors import DestinationRejected, DestinationUnavailable, InputError
 from ..formats.ack import read_ack
+from ..formats.mllp import frame, take_frame
 from ..registry import ComponentSpec
 from ..retry import short_retry
+from ..tls import ClientTlsOptions, client_context
 from .base import DestinationContext, Output
 
-START, END = b"\x0b", b"\x1c\x0d"
 MAX_ANSWER = 16 * 1024 * 1024
-
-
-class MllpClientTls(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    ca_file: str | None = Field(None, description="CA certificates (PEM) that signed the receiver's certificate; "
-                                                  "default: the system's trusted CAs. Relative to routes.yaml")
-    cert_file: str | None = Field(None, description="client certificate (PEM) for mutual TLS; relative to routes.yaml")
-    key_file: str | None = Field(None, description="its private key (PEM, unencrypted); relative to routes.yaml")
-    server_hostname: str | None = Field(None, description="name the receiver's certificate must carry; "
-                                                          "default: host")
 
 
 class MllpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str = Field(description="receiver's host name or address")
     port: int = Field(ge=1, le=65535, description="receiver's MLLP port")
-    tls: MllpClientTls | None = Field(None, description="TLS to the receiver: {ca_file, cert_file, key_file, "
+    tls: ClientTlsOptions | None = Field(None, description="TLS to the receiver: {ca_file, cert_file, key_file, "
                                                         "server_hostname}")
     timeout: Duration = Field(10.0, description="longest wait to connect, and for each ACK")
     wait_for_ack: bool = Field(True, description="wait for the receiver's ACK of each message (AA/CA delivered, "
                                                  "AE/CE retried, AR/CR dead-lettered); false: written is delivered")
-
-
-def client_ssl_context(tls: MllpClientTls, base_dir: str) -> ssl.SSLContext:
-    def path(p: str) -> str:
-        q = Path(p).expanduser()
-        return str(q if q.is_absolute() else Path(base_dir) / q)
-
-    try:
-        ctx = ssl.create_default_context(cafile=path(tls.ca_file) if tls.ca_file else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert_file:
-            ctx.load_cert_chain(path(tls.cert_file), path(tls.key_file) if tls.key_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        why = getattr(exc, "strerror", None) or exc
-        raise RouterError(f"mllp destination tls: cannot load its files: {why}") from None
-    return ctx
 
 
 class Connection:
@@ -100,17 +74,12 @@ class Connection:
 
     def _answer(self, sock: socket.socket) -> bytes:
         while True:
-            i = self.buf.find(START)
-            if i != -1:
-                j = self.buf.find(END, i)
-                if j != -1:
-                    frame = bytes(self.buf[i + 1:j])
-                    del self.buf[:j + 2]
-                    return frame
-            elif self.buf:
-                self.buf.clear()
-            if len(self.buf) > MAX_ANSWER:
-                raise DestinationRejected(f"MLLP {self.where}: answer larger than {MAX_ANSWER} bytes")
+            try:
+                answer = take_frame(self.buf, MAX_ANSWER)
+            except ValueError:
+                raise DestinationRejected(f"MLLP {self.where}: answer larger than {MAX_ANSWER} bytes") from None
+            if answer is not None:
+                return answer
             chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("connection closed before the ACK")
@@ -120,7 +89,7 @@ class Connection:
         if self.sock is None:
             self.sock = self._connect()
         try:
-            self.sock.sendall(START + out.body + END)
+            self.sock.sendall(frame(out.body))
             if not self.options.wait_for_ack:
                 return
             answer = self._answer(self.sock)
@@ -149,7 +118,7 @@ class MllpDestination:
 
     def __init__(self, options: MllpOptions, context: DestinationContext) -> None:
         self.options = options
-        self.ssl = client_ssl_context(options.tls, context.base_dir) if options.tls else None
+        self.ssl = client_context(options.tls, context.base_dir, "mllp destination tls") if options.tls else None
 
     def write(self, outputs: list[Output], tx: Any) -> None:
         conn = Connection(self.options, self.ssl)  # per call: the worker threads of a route share this object

@@ -41,6 +41,7 @@ from typing import Any
 from ..errors import InputError, RejectedError, TransportError
 from ..formats import hl7v2
 from ..formats.ack import build_ack
+from ..formats.mllp import END, START
 from ..formats.ack import wanted as _wanted
 from ..intake import BacklogGate
 from ..logging import get
@@ -49,7 +50,6 @@ from .base import SourceContext
 from .mllp import MllpOptions
 
 log = get("router.mllp")
-START, END = b"\x0b", b"\x1c\x0d"
 HEAD = 65536  # of a message too large to take: what is kept to answer it (its MSH)
 READ = 65536
 
@@ -305,12 +305,7 @@ class MllpServer:
                 text, location = refused
                 intake.refused(frame.data, source, RejectedError(text))
                 return "R", text, "table-value", location
-        extra = dict(headers)
-        if header is not None:
-            if header.accept_ack_type:
-                extra["accept_ack_type"] = header.accept_ack_type
-            if header.application_ack_type:
-                extra["application_ack_type"] = header.application_ack_type
+        extra = dict(headers) if header is None else {**headers, **header.ack_headers()}
         try:
             accepted = intake.prepare(frame.data, source=source, headers=extra, header=header)
         except RejectedError as exc:
